@@ -1,0 +1,1 @@
+"""Loopback stand-ins for the Hub used by tests (never by a real run)."""
