@@ -1,0 +1,82 @@
+"""Command line: `backtrans run CONFIG.yaml [--set dotted.key=value ...]`.
+
+Runs on the cluster at RAY_ADDRESS when it is set, else on a local Ray. Exit status 0 only when the
+output is complete; otherwise a one-line reason on stderr and a non-zero status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from backtrans.endpoints import one_line
+
+EXIT_FAILED = 1
+EXIT_BAD_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="backtrans", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the job a config describes")
+    run.add_argument("config", help="path to a YAML config (see jobs/configs/)")
+    run.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
+    return parser
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """Ray wraps errors raised on workers; report the innermost one, which says what went wrong."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def _report(result) -> None:
+    if result.state == "skip":
+        print(f"backtrans: {result.output_path} is already complete; nothing to do (output.mode=overwrite redoes it)")
+        return
+    summary = result.summary
+    print(f"backtrans: wrote {summary['rows']} rows to {result.output_path}/data")
+    if summary["scores"] is not None:
+        print("backtrans: scores " + ", ".join(f"{k}: {v}" for k, v in summary["scores"].items()))
+    failures = {f"{stage}.{kind}": n for stage, kinds in summary["failures_this_run"].items() for kind, n in kinds.items()}
+    if failures:
+        print("backtrans: row failures " + ", ".join(f"{k}: {v}" for k, v in failures.items()))
+    if summary["simulated"]:
+        print("backtrans: the model text is SIMULATED (backend: simulated), not output of a real model")
+    if result.hub_repo:
+        print(f"backtrans: pushed to {result.hub_repo}")
+
+
+def run(config_path: str, overrides: list[str]) -> int:
+    from backtrans.config import ConfigError, load_config
+
+    try:
+        config = load_config(config_path, overrides)
+    except ConfigError as error:
+        print(f"backtrans: error: {error}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+
+    import ray
+
+    from backtrans.job import run_job
+
+    ray.init(ignore_reinit_error=True, log_to_driver=True)
+    try:
+        result = run_job(config)
+    except Exception as error:  # the contract: any failure is one line on stderr and a non-zero exit
+        print(f"backtrans: error: {one_line(_root_cause(error))}", file=sys.stderr)
+        return EXIT_FAILED
+    _report(result)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return run(args.config, args.overrides)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

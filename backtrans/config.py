@@ -1,0 +1,121 @@
+"""The job's config: YAML plus `--set dotted.key=value` overrides, validated by pydantic.
+
+Every model forbids unknown keys, so a typo is an error that names its key path.
+Secrets are never config values: `api_key_env` holds the NAME of an environment variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_COLUMNS = ["instruction", "generation", "generation_model", "score", "reason", "scoring_model"]
+
+
+class ConfigError(ValueError):
+    """A config problem, worded as one line that names the key path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(_Strict):
+    uri: str
+    split: str = "train"
+    config_name: str | None = None  # Hub datasets with several configs (load_dataset's `name`)
+    revision: str | None = None
+    rename: dict[str, str] = Field(default_factory=dict)
+    limit: int | None = Field(default=None, ge=1)
+    bad_lines: Literal["fail", "skip"] = "fail"  # malformed or non-UTF-8 JSONL lines
+
+
+class StageConfig(_Strict):
+    backend: Literal["hf-endpoint", "openai", "simulated"]
+    base_url: str | None = None
+    endpoint_name: str | None = None
+    model: str
+    api_key_env: str | None = None
+    max_concurrency: int = Field(default=32, ge=1)
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    timeout_s: float = Field(default=120, gt=0)
+    max_retries: int = Field(default=6, ge=0)
+    actors: int = Field(default=2, ge=1)  # actor-pool size; max_concurrency is split across them
+    max_input_chars: int = Field(default=20_000, ge=1)  # longer text is a row failure, never sent
+    generation_kwargs: dict[str, Any] = Field(default_factory=dict)
+    template: str | None = None  # a prompt template file; null: the stage's default from prompts/
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _looks_like_a_name(cls, value: str | None) -> str | None:
+        # A pasted key here would be written into cards and logs; refuse anything not shaped like a name.
+        if value is not None and not value.replace("_", "").isalnum():
+            raise ValueError("must be the NAME of an environment variable (letters, digits, _), not a key")
+        return value
+
+
+class OutputConfig(_Strict):
+    path: str = "out/instruction-backtranslation"
+    columns: list[str] = Field(default_factory=lambda: list(DEFAULT_COLUMNS))
+    min_rows_per_file: int = Field(default=50_000, ge=1)
+    mode: Literal["resume", "overwrite"] = "resume"
+
+
+class HubConfig(_Strict):
+    repo_id: str | None = None
+    private: bool = True
+    token_env: str = "HF_TOKEN"
+
+
+class JobConfig(_Strict):
+    source: SourceConfig
+    generate: StageConfig | None = None
+    score: StageConfig
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    hub: HubConfig = Field(default_factory=HubConfig)
+
+
+def _set_dotted(tree: dict, dotted_key: str, raw_value: str) -> None:
+    """Apply one `--set a.b.c=value`; the value is parsed as YAML so numbers, lists and null work."""
+    *parents, leaf = dotted_key.split(".")
+    node = tree
+    for depth, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if child is None:  # e.g. `generate: null` in the file, then `--set generate.model=x`
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted_key}: {'.'.join(parents[: depth + 1])} is not a section")
+        node = child
+    node[leaf] = yaml.safe_load(raw_value)
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    key_path = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    reason = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+    more = len(error.errors()) - 1
+    return f"config key {key_path}: {reason}" + (f" (and {more} more problems)" if more else "")
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> JobConfig:
+    """Read a YAML config, apply `dotted.key=value` overrides, validate; ConfigError names the key."""
+    try:
+        tree = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}".splitlines()[0]) from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {override!r}: expected dotted.key=value")
+        _set_dotted(tree, key.strip(), value)
+    try:
+        return JobConfig.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None

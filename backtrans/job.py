@@ -1,0 +1,165 @@
+"""Build and run the job from its config, top to bottom:
+source -> [generate] -> score -> keep columns -> Parquet shards -> card + summary -> [Hub].
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass
+
+import ray
+from ray.data import ActorPoolStrategy, DataContext
+
+from backtrans.card import render_card
+from backtrans.config import JobConfig, StageConfig
+from backtrans.endpoints import chat_kwargs, read_api_key
+from backtrans.hub import push
+from backtrans.metrics import start_metrics
+from backtrans.output import OutputFolder, checkpoint_config, write_rows
+from backtrans.prompts import INSTRUCTION, SELF_CURATION, load_template
+from backtrans.sources import read_source, require_columns
+from backtrans.stages import ERROR_COLUMN, GenerateStage, LLMStage, ScoreStage, StageSpec
+from backtrans.summary import build_summary, write_summary
+
+logger = logging.getLogger("backtrans")
+
+ACTOR_CPUS = 0.25  # I/O-bound actors must never take every CPU, or Ray Data stalls (Ray issue #44687)
+ROWS_PER_BATCH = 16
+STAGES: dict[str, type[LLMStage]] = {"generate": GenerateStage, "score": ScoreStage}
+DEFAULT_TEMPLATES = {"generate": INSTRUCTION, "score": SELF_CURATION}
+
+
+class JobError(RuntimeError):
+    """The job cannot run as configured; a one-line reason."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    output_path: str
+    state: str  # "skip" | "fresh" | "resume"
+    summary: dict | None
+    hub_repo: str | None
+
+
+def _active_stages(config: JobConfig) -> dict[str, StageConfig]:
+    return {name: getattr(config, name) for name in STAGES if getattr(config, name) is not None}
+
+
+def _check_before_spending(config: JobConfig) -> None:
+    """Everything that can be checked without reading the corpus or sending a request."""
+    for name, stage in _active_stages(config).items():
+        try:
+            chat_kwargs(stage)
+            if stage.backend != "simulated":
+                read_api_key(stage, name)
+        except ValueError as error:
+            raise JobError(f"{name}.{error}" if str(error).startswith("generation_kwargs") else str(error)) from None
+        if stage.backend == "openai" and stage.endpoint_name:
+            raise JobError(f"{name}.endpoint_name: only for backend hf-endpoint")
+        if stage.backend == "hf-endpoint" and not (stage.base_url or stage.endpoint_name):
+            raise JobError(f"{name}: backend hf-endpoint needs base_url or endpoint_name")
+        if stage.template is not None and not os.path.isfile(stage.template):
+            raise JobError(f"{name}.template: file not found: {stage.template}")
+    if config.hub.repo_id and "://" in config.output.path:
+        raise JobError("hub.repo_id: pushing needs a local output.path")
+
+
+def _template_path(name: str, stage: StageConfig) -> str:
+    return stage.template or str(DEFAULT_TEMPLATES[name])
+
+
+def _resolve_base_url(stage: StageConfig) -> str | None:
+    if stage.backend == "hf-endpoint" and stage.endpoint_name:
+        from huggingface_hub import HfApi
+
+        # Hub login for the lookup comes from HF_TOKEN, as huggingface_hub reads it.
+        return HfApi().get_inference_endpoint(stage.endpoint_name).url
+    return stage.base_url
+
+
+@contextlib.contextmanager
+def _simulators(config: JobConfig):
+    """Start one loopback simulator for all stages with `backend: simulated`; yield its base URL."""
+    if not any(stage.backend == "simulated" for stage in _active_stages(config).values()):
+        yield None
+        return
+    from backtrans.simulator import SimulatorConfig, start_subprocess
+
+    with start_subprocess(SimulatorConfig(keep_log=False)) as simulator:
+        yield simulator.url
+
+
+def _stage_spec(name: str, stage: StageConfig, base_url: str | None, metrics_name: str) -> StageSpec:
+    actors = min(stage.actors, stage.max_concurrency)
+    return StageSpec(
+        name=name,
+        config=stage.model_copy(update={"actors": actors}),
+        base_url=base_url,
+        template_path=_template_path(name, stage),
+        # Each actor gets an equal share, so the stage never has more than max_concurrency in flight.
+        slots_per_actor=stage.max_concurrency // actors,
+        metrics_actor=metrics_name,
+    )
+
+
+def _add_stage(dataset: ray.data.Dataset, spec: StageSpec) -> ray.data.Dataset:
+    # Enough batches queued per actor that its slots stay full while finished batches leave.
+    batches_per_actor = math.ceil(2 * spec.slots_per_actor / ROWS_PER_BATCH) + 1
+    return dataset.map_batches(
+        STAGES[spec.name],
+        fn_constructor_args=(spec,),
+        batch_size=ROWS_PER_BATCH,
+        batch_format="pyarrow",
+        num_cpus=ACTOR_CPUS,
+        compute=ActorPoolStrategy(size=spec.config.actors, max_tasks_in_flight_per_actor=batches_per_actor),
+    )
+
+
+def _check_output_columns(config: JobConfig, source_columns: list[str]) -> None:
+    available = set(source_columns) | {ERROR_COLUMN}
+    for name in _active_stages(config):
+        available |= set(STAGES[name].outputs)
+    for column in config.output.columns:
+        if column not in available:
+            raise JobError(
+                f"output.columns: {column!r} comes from neither the source nor a stage "
+                f"(available: {', '.join(sorted(available))})"
+            )
+
+
+def run_job(config: JobConfig) -> RunResult:
+    started = time.time()
+    _check_before_spending(config)
+    folder = OutputFolder(os.path.abspath(config.output.path))
+    state = folder.prepare(config.output.mode)
+    if state == "skip":
+        return RunResult(folder.root, state, None, None)
+
+    DataContext.get_current().checkpoint_config = checkpoint_config(folder)
+    dataset = read_source(config.source)
+    required = ["instruction"] if config.generate is not None else ["instruction", "generation"]
+    require_columns(dataset, required, config.source)
+    _check_output_columns(config, list(dataset.schema().names))
+
+    metrics_name = f"backtrans-metrics-{uuid.uuid4().hex[:8]}"
+    metrics = start_metrics(metrics_name)
+    with _simulators(config) as simulator_url:
+        for name, stage in _active_stages(config).items():
+            base_url = simulator_url if stage.backend == "simulated" else _resolve_base_url(stage)
+            dataset = _add_stage(dataset, _stage_spec(name, stage, base_url, metrics_name))
+        write_rows(dataset, folder, config.output)
+
+    stage_counts = ray.get(metrics.snapshot.remote())
+    simulated = any(stage.backend == "simulated" for stage in _active_stages(config).values())
+    summary = build_summary(config, folder, stage_counts, started, state, simulated)
+    scoring_prompt = load_template(_template_path("score", config.score))
+    with open(folder.card, "w", encoding="utf-8") as f:
+        f.write(render_card(summary, config.hub.repo_id, scoring_prompt))
+    write_summary(folder, summary)
+    hub_repo = push(folder, config.hub) if config.hub.repo_id else None
+    return RunResult(folder.root, state, summary, hub_repo)

@@ -1,0 +1,112 @@
+"""The output folder: `data/*.parquet` written by Ray Data, resumable through Ray's checkpointing.
+
+Layout of `output.path`:
+    data/*.parquet      the rows, `output.columns` in order
+    README.md           the dataset card
+    run_summary.json    counts, scores, failures, tokens, timings; `"complete": true` marks a finished output
+    .checkpoint/        Ray Data's checkpoint of written row ids while a run is unfinished
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import pyarrow as pa
+import ray
+from ray.data._internal.datasource.parquet_datasink import ParquetDatasink
+from ray.data.checkpoint import CheckpointConfig
+
+from backtrans.config import OutputConfig
+from backtrans.jsonl_datasource import ROW_ID_COLUMN
+
+SUMMARY_FILE = "run_summary.json"
+CARD_FILE = "README.md"
+
+
+class OutputError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class OutputFolder:
+    root: str
+
+    @property
+    def data(self) -> str:
+        return os.path.join(self.root, "data")
+
+    @property
+    def checkpoint(self) -> str:
+        return os.path.join(self.root, ".checkpoint")
+
+    @property
+    def summary(self) -> str:
+        return os.path.join(self.root, SUMMARY_FILE)
+
+    @property
+    def card(self) -> str:
+        return os.path.join(self.root, CARD_FILE)
+
+    def is_complete(self) -> bool:
+        try:
+            with open(self.summary, encoding="utf-8") as f:
+                return bool(json.load(f).get("complete"))
+        except (FileNotFoundError, ValueError):
+            return False
+
+    def prepare(self, mode: str) -> str:
+        """Decide what this run does with the folder: "skip", "resume" or "fresh"."""
+        if mode == "overwrite" and os.path.exists(self.root):
+            shutil.rmtree(self.root)
+        if self.is_complete():
+            return "skip"
+        has_data = os.path.isdir(self.data) and any(os.scandir(self.data))
+        if has_data and not os.path.isdir(self.checkpoint):
+            raise OutputError(
+                f"output.path {self.root} holds data/ from an unknown run and no checkpoint; "
+                "set output.mode=overwrite to replace it"
+            )
+        os.makedirs(self.root, exist_ok=True)
+        # A summary of an unfinished run is stale once this run writes more rows.
+        if os.path.exists(self.summary):
+            os.remove(self.summary)
+        return "resume" if has_data else "fresh"
+
+
+def checkpoint_config(folder: OutputFolder) -> CheckpointConfig:
+    # Kept after success so a re-run can tell finished rows from new ones; the summary marks completion.
+    return CheckpointConfig(id_column=ROW_ID_COLUMN, checkpoint_path=folder.checkpoint, delete_checkpoint_on_success=False)
+
+
+class _ParquetWithoutRowIds(ParquetDatasink):
+    """Parquet shards without the resume id, unless the user asked for it in `output.columns`.
+
+    Ray's checkpoint writer records each block's ids before this sink runs, so the id column must
+    reach the Write; this drops it at the last moment (Ray has no public option for that).
+    """
+
+    def write(self, blocks: Iterable, ctx) -> None:
+        super().write((_drop_row_id(block) for block in blocks), ctx)
+
+
+def _drop_row_id(block: pa.Table) -> pa.Table:
+    return block.drop_columns([ROW_ID_COLUMN]) if ROW_ID_COLUMN in block.column_names else block
+
+
+def _keep_columns(batch: pa.Table, columns: list[str]) -> pa.Table:
+    return batch.select(columns)
+
+
+def write_rows(dataset: ray.data.Dataset, folder: OutputFolder, output: OutputConfig) -> None:
+    """Keep `output.columns` (plus the id Ray's checkpointing needs) and write Parquet shards."""
+    columns = list(output.columns)
+    if ROW_ID_COLUMN not in columns:
+        columns.append(ROW_ID_COLUMN)
+    kept = dataset.map_batches(_keep_columns, fn_args=(columns,), batch_format="pyarrow")
+    sink_class = ParquetDatasink if ROW_ID_COLUMN in output.columns else _ParquetWithoutRowIds
+    sink = sink_class(folder.data, min_rows_per_file=output.min_rows_per_file, dataset_uuid=kept._uuid)
+    kept.write_datasink(sink)

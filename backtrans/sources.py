@@ -1,0 +1,166 @@
+"""Turn `source:` into a Ray Dataset whose rows are read on the workers, each with a stable id.
+
+- `hf://datasets/OWNER/NAME` + `split`: the `datasets` library decides which files make up the
+  split (file-name patterns, or `configs:` in the dataset card), then Ray reads those files through
+  `huggingface_hub.HfFileSystem`, so no row passes through the driver.
+- `hf://datasets/OWNER/NAME/some/path*.parquet`: those files, as given.
+- local files, folders and globs, or any URI Ray reads (`s3://...`), of Parquet or JSON Lines.
+
+Row ids live in `row_hash` (uint64, from the file path and the row's position in it). Ray Data's
+checkpointing filters on it right after the Read, so it must come out of the Read itself.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import os
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from backtrans.config import SourceConfig
+from backtrans.jsonl_datasource import ROW_ID_COLUMN, JsonlDatasource
+
+HF_PREFIX = "hf://"
+PARQUET_SUFFIXES = (".parquet",)
+JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
+
+
+class SourceError(ValueError):
+    """The source cannot be read as configured; the message names the URI, split or column."""
+
+
+@dataclass(frozen=True)
+class ResolvedFiles:
+    paths: list[str]  # as the filesystem below expects them
+    filesystem: object | None  # a pyarrow/fsspec filesystem, or None for Ray's own resolution
+    file_format: str  # "parquet" | "jsonl"
+
+
+def _hub_filesystem():
+    from huggingface_hub import HfFileSystem
+
+    return HfFileSystem()
+
+
+def _split_files_from_hub(repo_id: str, source: SourceConfig) -> list[str]:
+    """Which files make up the split, decided by `datasets` itself (patterns, or the card's configs)."""
+    import datasets
+
+    try:
+        builder = datasets.load_dataset_builder(repo_id, name=source.config_name, revision=source.revision)
+    except Exception as error:  # the datasets library raises many types; all mean "cannot resolve"
+        raise SourceError(f"source.uri hf://datasets/{repo_id}: {str(error).splitlines()[0]}") from None
+    data_files = builder.config.data_files or {}
+    if source.split not in data_files:
+        raise SourceError(
+            f"source.split {source.split!r} not found in hf://datasets/{repo_id}; "
+            f"splits: {', '.join(sorted(data_files)) or 'none'}"
+        )
+    return [str(url) for url in data_files[source.split]]
+
+
+def _format_of(paths: list[str], uri: str) -> str:
+    formats = {"parquet" if p.endswith(PARQUET_SUFFIXES) else "jsonl" if p.endswith(JSON_SUFFIXES) else p for p in paths}
+    if formats <= {"parquet"} or formats <= {"jsonl"}:
+        return formats.pop()
+    unknown = sorted(formats - {"parquet", "jsonl"})
+    if unknown:
+        raise SourceError(f"source.uri {uri}: unsupported file {unknown[0]} (use .parquet or .jsonl)")
+    raise SourceError(f"source.uri {uri}: mixes Parquet and JSON Lines files; point it at one format")
+
+
+def _local_files(uri: str) -> list[str]:
+    path = os.path.expanduser(uri)
+    if os.path.isdir(path):
+        found = [os.path.join(root, f) for root, _, files in os.walk(path) for f in files]
+        found = [f for f in found if f.endswith(PARQUET_SUFFIXES + JSON_SUFFIXES)]
+    else:
+        found = globlib.glob(path)
+    if not found:
+        raise SourceError(f"source.uri {uri}: no .parquet or .jsonl files found")
+    return sorted(os.path.abspath(f) for f in found)
+
+
+def _hub_files(hub_path: str) -> list[str]:
+    """Files under an explicit Hub path: a file, a folder, or a glob."""
+    fs = _hub_filesystem()
+    if globlib.has_magic(hub_path):
+        found = fs.glob(hub_path)
+    elif fs.isfile(hub_path):
+        found = [hub_path]
+    else:
+        found = [f for f in fs.find(hub_path) if f.endswith(PARQUET_SUFFIXES + JSON_SUFFIXES)]
+    if not found:
+        raise SourceError(f"source.uri hf://{hub_path}: no .parquet or .jsonl files found")
+    return sorted(found)
+
+
+def resolve_files(source: SourceConfig) -> ResolvedFiles:
+    uri = source.uri
+    if uri.startswith(HF_PREFIX + "datasets/"):
+        repo_and_path = uri[len(HF_PREFIX + "datasets/") :].strip("/")
+        parts = repo_and_path.split("/")
+        if len(parts) < 2:
+            raise SourceError(f"source.uri {uri}: expected hf://datasets/OWNER/NAME[/path]")
+        if len(parts) == 2:
+            paths = [url.removeprefix(HF_PREFIX) for url in _split_files_from_hub(repo_and_path, source)]
+        else:
+            paths = _hub_files(uri.removeprefix(HF_PREFIX))
+        return ResolvedFiles(paths, _hub_filesystem(), _format_of(paths, uri))
+    if "://" in uri:  # s3://, gs://, ...: Ray resolves the filesystem and expands folders itself
+        return ResolvedFiles([uri], None, _format_of([uri], uri) if "." in uri.rsplit("/", 1)[-1] else "parquet")
+    paths = _local_files(uri)
+    return ResolvedFiles(paths, None, _format_of(paths, uri))
+
+
+def _read(files: ResolvedFiles, source: SourceConfig) -> ray.data.Dataset:
+    if files.file_format == "parquet":
+        return ray.data.read_parquet(files.paths, filesystem=files.filesystem, include_row_hash=True)
+    return ray.data.read_datasource(
+        JsonlDatasource(files.paths, filesystem=files.filesystem, bad_lines=source.bad_lines)
+    )
+
+
+def _first_row_ids(files: ResolvedFiles, source: SourceConfig) -> pa.Array:
+    """Ids of the first `limit` rows in read order.
+
+    A plain `Dataset.limit` after the read would, on resume, take the first N rows *not yet done*
+    (the checkpoint filter runs first) and so grow the output on every re-run. Selecting by id keeps
+    the same N rows on every run; only ids reach the driver, never rows.
+    """
+    ids_only = _read(files, source).select_columns([ROW_ID_COLUMN]).limit(source.limit)
+    ids_only.context.execution_options.preserve_order = True
+    return pa.array([row[ROW_ID_COLUMN] for row in ids_only.take_all()], type=pa.uint64())
+
+
+def _keep_ids(batch: pa.Table, ids: pa.Array) -> pa.Table:
+    return batch.filter(pc.is_in(batch[ROW_ID_COLUMN], value_set=ids))
+
+
+def _rename(batch: pa.Table, mapping: dict[str, str]) -> pa.Table:
+    return batch.rename_columns([mapping.get(name, name) for name in batch.column_names])
+
+
+def read_source(source: SourceConfig) -> ray.data.Dataset:
+    """The source as a lazy Dataset: read on the workers, `limit` applied by id, columns renamed."""
+    files = resolve_files(source)
+    dataset = _read(files, source)
+    if source.limit is not None:
+        dataset = dataset.map_batches(_keep_ids, fn_args=(_first_row_ids(files, source),), batch_format="pyarrow")
+    if source.rename:
+        dataset = dataset.map_batches(_rename, fn_args=(source.rename,), batch_format="pyarrow")
+    return dataset
+
+
+def require_columns(dataset: ray.data.Dataset, required: list[str], source: SourceConfig) -> None:
+    """Fail before any request when a column the stages need is missing (after `rename`)."""
+    schema = dataset.schema()
+    present = list(schema.names) if schema is not None else []
+    for column in required:
+        if column not in present:
+            shown = ", ".join(name for name in present if name != ROW_ID_COLUMN) or "none"
+            hint = f" (map one onto it with source.rename: {{OLD: {column}}})" if column not in source.rename.values() else ""
+            raise SourceError(f"column {column!r} is missing from {source.uri}; columns: {shown}{hint}")

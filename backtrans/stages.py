@@ -1,0 +1,143 @@
+"""The LLM stages: async callable classes that Ray Data runs with `map_batches` on an actor pool.
+
+A stage knows nothing about files. It takes a pyarrow batch, sends one request per row (at most
+`slots` at once in this actor), and returns the batch with its output columns added. A row that
+fails keeps its place with null outputs and a record in the `error` column; rows that an earlier
+stage failed are passed through without a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import pyarrow as pa
+import ray
+
+from backtrans.config import StageConfig
+from backtrans.endpoints import ChatEndpoint, EndpointFailure, read_api_key
+from backtrans.parse import parse_verdict
+from backtrans.prompts import load_template, render
+
+ERROR_COLUMN = "error"
+ERROR_TYPE = pa.struct(
+    [("stage", pa.string()), ("type", pa.string()), ("message", pa.string()), ("attempts", pa.int32())]
+)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """Everything an actor needs to build its stage; small and picklable, holds no key."""
+
+    name: str  # config section: "generate" | "score"
+    config: StageConfig
+    base_url: str | None
+    template_path: str
+    slots_per_actor: int
+    metrics_actor: str  # name of the RunMetrics actor
+
+
+@dataclass(frozen=True)
+class RowFailure:
+    type: str
+    message: str
+    attempts: int = 0
+
+
+class LLMStage:
+    """Shared mechanics; subclasses name their input columns and turn a reply into output values."""
+
+    inputs: tuple[str, ...] = ()
+    outputs: dict[str, pa.DataType] = {}
+
+    def __init__(self, spec: StageSpec):
+        self.spec = spec
+        self.template = load_template(spec.template_path)
+        self.endpoint = ChatEndpoint(spec.config, spec.base_url, read_api_key(spec.config, spec.name))
+        self.metrics = ray.get_actor(spec.metrics_actor)
+        self._slots: asyncio.Semaphore | None = None  # made inside the actor's event loop
+
+    def outputs_for(self, reply_text: str) -> tuple[list, RowFailure | None]:
+        raise NotImplementedError
+
+    def _check_inputs(self, values: dict[str, str | None]) -> RowFailure | None:
+        for column, text in values.items():
+            if text is None or not str(text).strip():
+                return RowFailure("bad_input", f"{column} is empty")
+            if len(text) > self.spec.config.max_input_chars:
+                return RowFailure(
+                    "bad_input", f"{column} has {len(text)} chars, over max_input_chars={self.spec.config.max_input_chars}"
+                )
+        return None
+
+    async def _row(self, values: dict[str, str | None], counts: dict) -> tuple[list, RowFailure | None]:
+        failure = self._check_inputs(values)
+        if failure is not None:
+            return [None] * len(self.outputs), failure
+        async with self._slots:
+            try:
+                reply, attempts = await self.endpoint.complete(render(self.template, **values))
+            except EndpointFailure as error:
+                counts["requests"] += error.attempts
+                return [None] * len(self.outputs), RowFailure(error.error_type, error.message, error.attempts)
+        counts["requests"] += attempts
+        counts["prompt_tokens"] += reply.prompt_tokens
+        counts["completion_tokens"] += reply.completion_tokens
+        return self.outputs_for(reply.text)
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.spec.slots_per_actor)
+        columns = {name: batch.column(name).to_pylist() for name in self.inputs}
+        earlier = batch.column(ERROR_COLUMN).to_pylist() if ERROR_COLUMN in batch.column_names else [None] * len(batch)
+        counts = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+
+        async def skipped():
+            return [None] * len(self.outputs), None
+
+        results = await asyncio.gather(
+            *(
+                skipped() if earlier[i] is not None else self._row({c: columns[c][i] for c in self.inputs}, counts)
+                for i in range(len(batch))
+            )
+        )
+        errors = list(earlier)
+        for i, (_, failure) in enumerate(results):
+            if failure is not None:
+                errors[i] = {"stage": self.spec.name, **failure.__dict__}
+                counts[f"failures.{failure.type}"] = counts.get(f"failures.{failure.type}", 0) + 1
+        counts["rows"] = len(batch)
+        self.metrics.add.remote(self.spec.name, counts)
+        for position, (name, dtype) in enumerate(self.outputs.items()):
+            batch = _set_column(batch, name, pa.array([values[position] for values, _ in results], type=dtype))
+        return _set_column(batch, ERROR_COLUMN, pa.array(errors, type=ERROR_TYPE))
+
+
+def _set_column(batch: pa.Table, name: str, values: pa.Array) -> pa.Table:
+    if name in batch.column_names:
+        return batch.set_column(batch.column_names.index(name), name, values)
+    return batch.append_column(name, values)
+
+
+class GenerateStage(LLMStage):
+    """Writes a response for each instruction (the seed pipeline's TextGeneration)."""
+
+    inputs = ("instruction",)
+    outputs = {"generation": pa.string(), "generation_model": pa.string()}
+
+    def outputs_for(self, reply_text: str) -> tuple[list, RowFailure | None]:
+        return [reply_text, self.spec.config.model], None
+
+
+class ScoreStage(LLMStage):
+    """Rates each (instruction, generation) pair with the self-curation prompt; parses score and reason."""
+
+    inputs = ("instruction", "generation")
+    outputs = {"score": pa.int64(), "reason": pa.string(), "scoring_model": pa.string()}
+
+    def outputs_for(self, reply_text: str) -> tuple[list, RowFailure | None]:
+        verdict = parse_verdict(reply_text)
+        values = [verdict.score, verdict.reason, self.spec.config.model]
+        if verdict.score is None:
+            return values, RowFailure("unparseable_score", "the reply has no Score: 1-5 line; raw reply kept in reason", 1)
+        return values, None

@@ -1,0 +1,65 @@
+"""The run summary: what is in the output (rows, score histogram) and what this run spent.
+
+Rows and scores are counted from the written Parquet by Ray Data, so they describe the whole output
+even when it was finished over several resumed runs; requests, tokens and failures come from the
+stage actors' counters for this run. Nothing here holds a key: the config keeps only variable names.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+
+import ray
+
+from backtrans.config import JobConfig
+from backtrans.output import OutputFolder
+
+
+def score_histogram(folder: OutputFolder) -> dict[str, int]:
+    scored = ray.data.read_parquet(folder.data, columns=["score"])
+    counts = {str(row["score"]): row["count()"] for row in scored.groupby("score").count().take_all()}
+    ordered = {str(k): counts.get(str(k), 0) for k in range(1, 6)}
+    ordered["null"] = counts.get("None", 0)
+    return ordered
+
+
+def build_summary(
+    config: JobConfig, folder: OutputFolder, stage_counts: dict, started: float, state: str, simulated: bool
+) -> dict:
+    rows = ray.data.read_parquet(folder.data).count()
+    failures = {
+        stage: {key.removeprefix("failures."): value for key, value in counts.items() if key.startswith("failures.")}
+        for stage, counts in stage_counts.items()
+    }
+    return {
+        "complete": True,
+        "rows": rows,
+        "scores": score_histogram(folder) if "score" in config.output.columns else None,
+        "failures_this_run": failures,
+        "stages": {
+            name: {
+                "model": getattr(config, name).model,
+                "backend": getattr(config, name).backend,
+                "requests": counts.get("requests", 0),
+                "rows": counts.get("rows", 0),
+                "prompt_tokens": counts.get("prompt_tokens", 0),
+                "completion_tokens": counts.get("completion_tokens", 0),
+            }
+            for name, counts in stage_counts.items()
+        },
+        "simulated": simulated,
+        "resumed": state == "resume",
+        "seconds": round(time.time() - started, 2),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "ray": ray.__version__,
+        "python": platform.python_version(),
+        "config": config.model_dump(mode="json"),
+    }
+
+
+def write_summary(folder: OutputFolder, summary: dict) -> None:
+    with open(folder.summary, "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+        f.write("\n")
