@@ -41,7 +41,9 @@ def _report(result) -> None:
     print(f"backtrans: wrote {summary['rows']} rows to {result.output_path}/data")
     if summary["scores"] is not None:
         print("backtrans: scores " + ", ".join(f"{k}: {v}" for k, v in summary["scores"].items()))
-    failures = {f"{stage}.{kind}": n for stage, kinds in summary["failures_this_run"].items() for kind, n in kinds.items()}
+    failures = {
+        f"{stage}.{kind}": n for stage, kinds in summary["failures_this_run"].items() for kind, n in kinds.items()
+    }
     if failures:
         print("backtrans: row failures " + ", ".join(f"{k}: {v}" for k, v in failures.items()))
     if summary["simulated"]:

@@ -140,7 +140,9 @@ class ChatEndpoint:
         import openai
 
         # A local server needs some key string; "unused" is not a secret.
-        return openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "unused", timeout=stage.timeout_s, max_retries=0)
+        return openai.AsyncOpenAI(
+            base_url=base_url, api_key=api_key or "unused", timeout=stage.timeout_s, max_retries=0
+        )
 
     async def _send(self, prompt: str) -> Reply:
         messages = [{"role": "user", "content": prompt}]

@@ -13,14 +13,14 @@ import uuid
 from dataclasses import dataclass
 
 import ray
-from ray.data import ActorPoolStrategy, DataContext
+from ray.data import ActorPoolStrategy
 
 from backtrans.card import render_card
 from backtrans.config import JobConfig, StageConfig
 from backtrans.endpoints import chat_kwargs, read_api_key
 from backtrans.hub import push
 from backtrans.metrics import start_metrics
-from backtrans.output import OutputFolder, checkpoint_config, write_rows
+from backtrans.output import OutputFolder, write_rows
 from backtrans.prompts import INSTRUCTION, SELF_CURATION, load_template
 from backtrans.sources import read_source, require_columns
 from backtrans.stages import ERROR_COLUMN, GenerateStage, LLMStage, ScoreStage, StageSpec
@@ -30,6 +30,7 @@ logger = logging.getLogger("backtrans")
 
 ACTOR_CPUS = 0.25  # I/O-bound actors must never take every CPU, or Ray Data stalls (Ray issue #44687)
 ROWS_PER_BATCH = 16
+ASYNC_BATCHES_PER_TASK = 4  # Ray Data's default for async batch UDFs
 STAGES: dict[str, type[LLMStage]] = {"generate": GenerateStage, "score": ScoreStage}
 DEFAULT_TEMPLATES = {"generate": INSTRUCTION, "score": SELF_CURATION}
 
@@ -108,15 +109,20 @@ def _stage_spec(name: str, stage: StageConfig, base_url: str | None, metrics_nam
 
 
 def _add_stage(dataset: ray.data.Dataset, spec: StageSpec) -> ray.data.Dataset:
-    # Enough batches queued per actor that its slots stay full while finished batches leave.
-    batches_per_actor = math.ceil(2 * spec.slots_per_actor / ROWS_PER_BATCH) + 1
+    # Ray Data runs at most ASYNC_BATCHES_PER_TASK batches of one task at once; run enough tasks
+    # side by side in each actor that its slots stay full while finished batches leave.
+    tasks_per_actor = math.ceil(2 * spec.slots_per_actor / (ROWS_PER_BATCH * ASYNC_BATCHES_PER_TASK))
     return dataset.map_batches(
         STAGES[spec.name],
         fn_constructor_args=(spec,),
         batch_size=ROWS_PER_BATCH,
         batch_format="pyarrow",
         num_cpus=ACTOR_CPUS,
-        compute=ActorPoolStrategy(size=spec.config.actors, max_tasks_in_flight_per_actor=batches_per_actor),
+        compute=ActorPoolStrategy(
+            size=spec.config.actors,
+            max_concurrent_calls_per_actor=tasks_per_actor,
+            max_tasks_in_flight_per_actor=tasks_per_actor + 1,
+        ),
     )
 
 
@@ -140,7 +146,6 @@ def run_job(config: JobConfig) -> RunResult:
     if state == "skip":
         return RunResult(folder.root, state, None, None)
 
-    DataContext.get_current().checkpoint_config = checkpoint_config(folder)
     dataset = read_source(config.source)
     required = ["instruction"] if config.generate is not None else ["instruction", "generation"]
     require_columns(dataset, required, config.source)

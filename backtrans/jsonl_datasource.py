@@ -17,7 +17,7 @@ import pyarrow as pa
 from ray.data.datasource import FileBasedDatasource
 
 ROW_ID_COLUMN = "row_hash"
-ROWS_PER_BLOCK = 4_096
+ROWS_PER_BLOCK = 256  # small blocks spread a file over several stage actors
 
 logger = logging.getLogger(__name__)
 

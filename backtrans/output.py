@@ -79,7 +79,9 @@ class OutputFolder:
 
 def checkpoint_config(folder: OutputFolder) -> CheckpointConfig:
     # Kept after success so a re-run can tell finished rows from new ones; the summary marks completion.
-    return CheckpointConfig(id_column=ROW_ID_COLUMN, checkpoint_path=folder.checkpoint, delete_checkpoint_on_success=False)
+    return CheckpointConfig(
+        id_column=ROW_ID_COLUMN, checkpoint_path=folder.checkpoint, delete_checkpoint_on_success=False
+    )
 
 
 class _ParquetWithoutRowIds(ParquetDatasink):
@@ -107,6 +109,8 @@ def write_rows(dataset: ray.data.Dataset, folder: OutputFolder, output: OutputCo
     if ROW_ID_COLUMN not in columns:
         columns.append(ROW_ID_COLUMN)
     kept = dataset.map_batches(_keep_columns, fn_args=(columns,), batch_format="pyarrow")
+    # Only this plan is checkpointed: it starts with the Read and ends with the Write, as Ray requires.
+    kept.context.checkpoint_config = checkpoint_config(folder)
     sink_class = ParquetDatasink if ROW_ID_COLUMN in output.columns else _ParquetWithoutRowIds
     sink = sink_class(folder.data, min_rows_per_file=output.min_rows_per_file, dataset_uuid=kept._uuid)
     kept.write_datasink(sink)

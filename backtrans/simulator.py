@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -74,9 +75,7 @@ __all__ = [
 ]
 
 SCORE_PROMPT_PREFIX = "Below is an instruction from an user and a candidate answer."
-BACKWARD_PROMPT_PREFIX = (
-    "Below is a candidate answer to a question or instruction from an user."
-)
+BACKWARD_PROMPT_PREFIX = "Below is a candidate answer to a question or instruction from an user."
 
 KINDS = ("score", "generate", "backward")
 OUTCOMES = (
@@ -242,13 +241,12 @@ _JUDGE_READINGS = {
     5: "the answer is treated as a complete, expert assistant answer",
 }
 
-_ANSWER_LABEL = re.compile(
-    r"(?im)^[ \t]*(?:candidate answer|answer|response|output|text)[ \t]*:[ \t]*"
-)
+_ANSWER_LABEL = re.compile(r"(?im)^[ \t]*(?:candidate answer|answer|response|output|text)[ \t]*:[ \t]*")
 _QUESTION_LABEL = re.compile(r"(?im)^[ \t]*(?:instruction|question)[ \t]*:")
+_SIM_TAG = re.compile(r"^\s*\[simulated [^\]]*\]")
 
 
-def _score_reply(text: str, digest: str, score: int) -> str:
+def _score_reply(digest: str, score: int) -> str:
     return (
         f"Simulated judge (not a real model): the score is derived from a hash of the "
         f"prompt (ref {digest[:8]}), and {_JUDGE_READINGS[score]}.\nScore: {score}"
@@ -263,13 +261,22 @@ def _noscore_reply(digest: str) -> str:
 
 
 def _backward_reply(text: str) -> str:
+    # The answer is whatever follows the prompt's own instructions: after an
+    # "Answer:"-style label if there is one, else after the first blank line (as in
+    # prompts/backward.txt), else after the first line.
     rest = text[len(BACKWARD_PROMPT_PREFIX) :]
     label = _ANSWER_LABEL.search(rest)
     if label is not None:
         rest = rest[label.end() :]
-    question = _QUESTION_LABEL.search(rest)
-    if question is not None:
-        rest = rest[: question.start()]
+        question = _QUESTION_LABEL.search(rest)
+        if question is not None:
+            rest = rest[: question.start()]
+    else:
+        parts = rest.split("\n\n", 1)
+        if len(parts) == 1:
+            parts = rest.split("\n", 1)
+        rest = parts[-1]
+    rest = _SIM_TAG.sub("", rest, count=1)  # a simulated generation's "[simulated ...]" tag
     words = rest.split()[:8]
     phrase = " ".join(words).strip(" \t.,;:!?\"'`()[]{}")
     if not phrase:
@@ -296,18 +303,12 @@ def _error_response(
     code: str | None,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
-    body = _jdumps(
-        {"error": {"message": message, "type": type_, "param": None, "code": code}}
-    )
-    return web.Response(
-        body=body, status=status, content_type="application/json", headers=headers
-    )
+    body = _jdumps({"error": {"message": message, "type": type_, "param": None, "code": code}})
+    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
 
 
 def _json_response(obj: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        body=_jdumps(obj), status=status, content_type="application/json"
-    )
+    return web.Response(body=_jdumps(obj), status=status, content_type="application/json")
 
 
 # --------------------------------------------------------------------------- stats
@@ -349,11 +350,7 @@ class _Gauge:
             mean = 0.0
         elif self.cur:
             span = now - self.t0
-            mean = (
-                (self.area + self.cur * (now - self.last)) / span
-                if span > 0
-                else self.cur
-            )
+            mean = (self.area + self.cur * (now - self.last)) / span if span > 0 else self.cur
         else:
             span = self.last - self.t0
             mean = self.area / span if span > 0 else 0.0
@@ -377,9 +374,7 @@ class _State:
         old = getattr(self, "gauge", None)
         self.gauge = _Gauge(old.cur if old else 0, now)
         old_kinds = getattr(self, "kind_gauges", {})
-        self.kind_gauges = {
-            k: _Gauge(old_kinds[k].cur if k in old_kinds else 0, now) for k in KINDS
-        }
+        self.kind_gauges = {k: _Gauge(old_kinds[k].cur if k in old_kinds else 0, now) for k in KINDS}
         self.total = 0
         self.by_kind = dict.fromkeys(KINDS, 0)
         self.by_outcome = dict.fromkeys(OUTCOMES, 0)
@@ -401,9 +396,7 @@ class _State:
             raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
         static = sorted(k for k in changes if k in _STATIC_FIELDS)
         if static:
-            raise ValueError(
-                f"cannot change {', '.join(static)} on a running simulator"
-            )
+            raise ValueError(f"cannot change {', '.join(static)} on a running simulator")
         new = dataclasses.replace(self.config, **changes)  # validates
         if new.seed != self.config.seed:
             self.rng = random.Random(new.seed)
@@ -420,9 +413,7 @@ class _State:
             "by_outcome": dict(self.by_outcome),
         }
         out.update(self.gauge.snapshot(now))
-        out["by_kind_in_flight"] = {
-            k: g.snapshot(now) for k, g in self.kind_gauges.items()
-        }
+        out["by_kind_in_flight"] = {k: g.snapshot(now) for k, g in self.kind_gauges.items()}
         out["authorized_requests"] = self.authorized
         out["rpm_rejections"] = self.rpm_rejections
         out["client_disconnects"] = self.client_disconnects
@@ -478,10 +469,7 @@ class _App:
             )  # fmt: skip
         ids = st.config.models or [_DEFAULT_MODEL]
         created = int(st.started_wall)
-        data = [
-            {"id": m, "object": "model", "created": created, "owned_by": "simulator"}
-            for m in ids
-        ]
+        data = [{"id": m, "object": "model", "created": created, "owned_by": "simulator"} for m in ids]
         return _json_response({"object": "list", "data": data})
 
     async def control(self, request: web.BaseRequest, name: str) -> web.Response:
@@ -505,16 +493,14 @@ class _App:
                 except (ValueError, TypeError) as exc:
                     return _error_response(400, str(exc), "invalid_request_error", None)
                 return _json_response(config.public_dict())
-        return _error_response(
-            404, f"Unknown control endpoint {name}.", "invalid_request_error", None
-        )
+        return _error_response(404, f"Unknown control endpoint {name}.", "invalid_request_error", None)
 
     # -- chat completions
     async def chat(self, request: web.BaseRequest) -> web.StreamResponse:
         st = self.state
         st.total += 1
         st.gauge.enter(time.monotonic())
-        entered: list[_Gauge] = []  # the per-kind gauge, once the kind is known
+        entered: list[str] = []  # the request's kind, once known
         replied = False
         try:
             response = await self._chat(request, entered)
@@ -525,8 +511,8 @@ class _App:
         finally:
             now = time.monotonic()
             st.gauge.leave(now)
-            for gauge in entered:
-                gauge.leave(now)
+            for kind in entered:  # looked up now: a reset may have replaced the gauge
+                st.kind_gauges[kind].leave(now)
             if not replied:  # cancelled: the client went away before the reply
                 st.client_disconnects += 1
 
@@ -552,9 +538,7 @@ class _App:
                 }
             )
 
-    async def _chat(
-        self, request: web.BaseRequest, entered: list[_Gauge]
-    ) -> web.StreamResponse | None:
+    async def _chat(self, request: web.BaseRequest, entered: list[str]) -> web.StreamResponse | None:
         st = self.state
         cfg = st.config
         raw = await request.read()
@@ -596,9 +580,8 @@ class _App:
                 if not isinstance(model, str) or not model:
                     model = None
                 st.by_kind[kind] += 1
-                kind_gauge = st.kind_gauges[kind]
-                kind_gauge.enter(time.monotonic())
-                entered.append(kind_gauge)
+                st.kind_gauges[kind].enter(time.monotonic())
+                entered.append(kind)
 
         # 1. auth
         if cfg.api_key:
@@ -622,8 +605,7 @@ class _App:
             self._record(kind, model, digest, "404")
             return _error_response(
                 404,
-                f"The model `{model}` does not exist (simulator serves: "
-                f"{', '.join(cfg.models)}).",
+                f"The model `{model}` does not exist (simulator serves: {', '.join(cfg.models)}).",
                 "invalid_request_error",
                 "model_not_found",
             )
@@ -658,7 +640,7 @@ class _App:
                     "rate_limit_exceeded",
                     headers={
                         "Retry-After": str(retry),
-                        "retry-after-ms": str(int(wait * 1000)),
+                        "retry-after-ms": str(math.ceil(wait * 1000)),
                     },
                 )
             window.append(now)
@@ -687,7 +669,7 @@ class _App:
                 "rate_limit_exceeded",
                 headers={
                     "Retry-After": str(math.ceil(ra)),
-                    "retry-after-ms": str(int(ra * 1000)),
+                    "retry-after-ms": str(math.ceil(ra * 1000)),
                 },
             )
 
@@ -698,7 +680,7 @@ class _App:
         # client gives up (hang) or the handler is cancelled.
         score = None
         if kind == "score" and outcome in ("ok", "hang"):
-            score = simulated_score(text)
+            score = 1 + int(digest[:8], 16) % 5  # == simulated_score(text)
         self._record(kind, model, digest, outcome, score)
         if delay > 0:
             await asyncio.sleep(delay)
@@ -724,18 +706,13 @@ class _App:
             return None
         if outcome == "garbage":
             return web.Response(
-                body=b"<html><body>simulated garbage: this 200 reply is not JSON "
-                b"(injected fault)</body></html>\n",
+                body=b"<html><body>simulated garbage: this 200 reply is not JSON (injected fault)</body></html>\n",
                 status=200,
                 content_type="application/json",
             )
 
         if kind == "score":
-            content = (
-                _noscore_reply(digest)
-                if outcome == "noscore"
-                else _score_reply(text, digest, score)
-            )
+            content = _noscore_reply(digest) if outcome == "noscore" else _score_reply(digest, score)
         elif kind == "backward":
             content = _backward_reply(text)
         else:
@@ -743,20 +720,18 @@ class _App:
 
         finish = "stop"
         stop = body.get("stop")
-        if stop:
+        if isinstance(stop, str):
+            stop = [stop]
+        if isinstance(stop, list) and stop:
             cut = len(content)
-            for s in [stop] if isinstance(stop, str) else stop:
+            for s in stop:
                 if isinstance(s, str) and s:
                     i = content.find(s)
                     if 0 <= i < cut:
                         cut = i
             content = content[:cut]
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-        if (
-            isinstance(max_tokens, int)
-            and max_tokens > 0
-            and len(content) > 4 * max_tokens
-        ):
+        if isinstance(max_tokens, int) and max_tokens > 0 and len(content) > 4 * max_tokens:
             content = content[: 4 * max_tokens]
             finish = "length"
 
@@ -800,13 +775,9 @@ class _Server:
 
     async def start(self) -> None:
         cfg = self.app.state.config
-        self._web_server = web.Server(
-            self.app.handle, handler_cancellation=True, access_log=None
-        )
+        self._web_server = web.Server(self.app.handle, handler_cancellation=True, access_log=None)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._web_server, cfg.host, cfg.port, backlog=4096, reuse_address=True
-        )
+        self._server = await loop.create_server(self._web_server, cfg.host, cfg.port, backlog=4096, reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
 
     @property
@@ -870,14 +841,10 @@ class Simulator:
                 for task in pending:
                     task.cancel()
                 if pending:
-                    loop.run_until_complete(
-                        asyncio.gather(*pending, return_exceptions=True)
-                    )
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
                 loop.close()
 
-        self._thread = threading.Thread(
-            target=run, name="backtrans-simulator", daemon=True
-        )
+        self._thread = threading.Thread(target=run, name="backtrans-simulator", daemon=True)
         self._thread.start()
         ready.wait()
         if failure:
@@ -943,9 +910,7 @@ class Simulator:
 # --------------------------------------------------------------------------- subprocess
 
 
-def config_to_argv(
-    config: SimulatorConfig, *, include_api_key: bool = False
-) -> list[str]:
+def config_to_argv(config: SimulatorConfig, *, include_api_key: bool = False) -> list[str]:
     """Command-line flags reproducing ``config`` (non-default fields only).
 
     The API key is left out unless ``include_api_key`` (command lines are visible to
@@ -1040,9 +1005,7 @@ def start_subprocess(
     config = config or SimulatorConfig()
     child_env = dict(os.environ if env is None else env)
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    child_env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (package_parent, child_env.get("PYTHONPATH", "")) if p
-    )
+    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, child_env.get("PYTHONPATH", "")) if p)
     argv = [
         python or sys.executable,
         "-m",
@@ -1054,9 +1017,7 @@ def start_subprocess(
         argv += ["--api-key-env", API_KEY_ENV]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=child_env)
     line: list[str] = []
-    reader = threading.Thread(
-        target=lambda: line.append(proc.stdout.readline()), daemon=True
-    )
+    reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
     reader.start()
     reader.join(startup_timeout)
     text = line[0].strip() if line else ""
@@ -1064,8 +1025,7 @@ def start_subprocess(
         proc.kill()
         proc.wait()
         raise RuntimeError(
-            f"simulator subprocess did not report its URL (exit code {proc.returncode}, "
-            f"first line {text!r})"
+            f"simulator subprocess did not report its URL (exit code {proc.returncode}, first line {text!r})"
         )
     return SimulatorProcess(proc, text.split(None, 1)[1])
 
@@ -1084,19 +1044,13 @@ def _build_parser() -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         dflt = getattr(default, f.name)
         if f.name == "keep_log":
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=dflt
-            )
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=dflt)
         elif f.name == "models":
             parser.add_argument(flag, nargs="*", default=dflt, help="served model ids")
         elif f.name in _INT_FIELDS:
             parser.add_argument(flag, type=int, default=dflt)
         elif f.name in _STR_FIELDS:
-            helptext = (
-                "visible in process listings; prefer --api-key-env"
-                if f.name == "api_key"
-                else None
-            )
+            helptext = "visible in process listings; prefer --api-key-env" if f.name == "api_key" else None
             parser.add_argument(flag, type=str, default=dflt, help=helptext)
         else:
             parser.add_argument(flag, type=float, default=dflt)
@@ -1114,9 +1068,7 @@ def _config_from_args(args: argparse.Namespace) -> SimulatorConfig:
     if args.api_key_env:
         key = os.environ.get(args.api_key_env)
         if not key:
-            raise SystemExit(
-                f"environment variable {args.api_key_env} is empty or unset"
-            )
+            raise SystemExit(f"environment variable {args.api_key_env} is empty or unset")
         values["api_key"] = key
     return SimulatorConfig(**values)
 
@@ -1128,10 +1080,8 @@ async def _serve(config: SimulatorConfig) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # non-POSIX
             loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-POSIX
-            pass
     await stop.wait()
     await server.close()
 

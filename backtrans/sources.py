@@ -63,7 +63,9 @@ def _split_files_from_hub(repo_id: str, source: SourceConfig) -> list[str]:
 
 
 def _format_of(paths: list[str], uri: str) -> str:
-    formats = {"parquet" if p.endswith(PARQUET_SUFFIXES) else "jsonl" if p.endswith(JSON_SUFFIXES) else p for p in paths}
+    formats = {
+        "parquet" if p.endswith(PARQUET_SUFFIXES) else "jsonl" if p.endswith(JSON_SUFFIXES) else p for p in paths
+    }
     if formats <= {"parquet"} or formats <= {"jsonl"}:
         return formats.pop()
     unknown = sorted(formats - {"parquet", "jsonl"})
@@ -162,5 +164,9 @@ def require_columns(dataset: ray.data.Dataset, required: list[str], source: Sour
     for column in required:
         if column not in present:
             shown = ", ".join(name for name in present if name != ROW_ID_COLUMN) or "none"
-            hint = f" (map one onto it with source.rename: {{OLD: {column}}})" if column not in source.rename.values() else ""
+            hint = (
+                f" (map one onto it with source.rename: {{OLD: {column}}})"
+                if column not in source.rename.values()
+                else ""
+            )
             raise SourceError(f"column {column!r} is missing from {source.uri}; columns: {shown}{hint}")

@@ -66,7 +66,8 @@ class LLMStage:
                 return RowFailure("bad_input", f"{column} is empty")
             if len(text) > self.spec.config.max_input_chars:
                 return RowFailure(
-                    "bad_input", f"{column} has {len(text)} chars, over max_input_chars={self.spec.config.max_input_chars}"
+                    "bad_input",
+                    f"{column} has {len(text)} chars, over max_input_chars={self.spec.config.max_input_chars}",
                 )
         return None
 
@@ -139,5 +140,7 @@ class ScoreStage(LLMStage):
         verdict = parse_verdict(reply_text)
         values = [verdict.score, verdict.reason, self.spec.config.model]
         if verdict.score is None:
-            return values, RowFailure("unparseable_score", "the reply has no Score: 1-5 line; raw reply kept in reason", 1)
+            return values, RowFailure(
+                "unparseable_score", "the reply has no Score: 1-5 line; raw reply kept in reason", 1
+            )
         return values, None

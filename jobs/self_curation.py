@@ -1,6 +1,6 @@
 """`ray job submit` entrypoint for the seed pipeline (generate -> score), the same job as `backtrans run`.
 
-    ray job submit --working-dir . -- python jobs/self_curation.py jobs/configs/demo.yaml [--set k=v]
+ray job submit --working-dir . -- python jobs/self_curation.py jobs/configs/demo.yaml [--set k=v]
 """
 
 import sys

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
@@ -11,6 +12,7 @@ import openai
 import pytest
 from huggingface_hub import AsyncInferenceClient
 
+from backtrans.prompts import BACKWARD, SELF_CURATION, load_template, render
 from backtrans.simulator import (
     BACKWARD_PROMPT_PREFIX,
     SCORE_PROMPT_PREFIX,
@@ -49,9 +51,7 @@ def client(sim: Simulator, **kw) -> openai.AsyncOpenAI:
 async def ask(sim: Simulator, text: str, model: str = "m", **kw) -> str:
     create_kw = {k: kw.pop(k) for k in list(kw) if k in ("max_tokens", "stop")}
     async with client(sim, **kw) as c:
-        r = await c.chat.completions.create(
-            model=model, messages=user(text), **create_kw
-        )
+        r = await c.chat.completions.create(model=model, messages=user(text), **create_kw)
         return r.choices[0].message.content
 
 
@@ -75,7 +75,9 @@ def test_simulated_score_definition():
 
 
 def test_score_replies_are_deterministic_and_match_simulated_score():
-    prompts = [score_prompt(i) for i in range(12)]
+    template = load_template(SELF_CURATION)  # the project's judge prompt
+    prompts = [score_prompt(i) for i in range(6)]
+    prompts += [render(template, instruction=f"Name {i} rivers.", generation=f"Rivers {i}.") for i in range(6)]
 
     async def main(sim):
         async with client(sim) as c:
@@ -107,9 +109,7 @@ def test_score_replies_are_deterministic_and_match_simulated_score():
         assert r1.object == "chat.completion"
         assert r1.model == "judge"
         assert r1.choices[0].finish_reason == "stop"
-        assert (
-            r1.usage.total_tokens == r1.usage.prompt_tokens + r1.usage.completion_tokens
-        )
+        assert r1.usage.total_tokens == r1.usage.prompt_tokens + r1.usage.completion_tokens
         assert r1.usage.completion_tokens == pytest.approx(len(text) / 4, abs=1)
     assert stats["by_kind"] == {"score": 24, "generate": 0, "backward": 0}
     assert stats["by_outcome"]["ok"] == 24
@@ -127,40 +127,40 @@ def test_generation_and_backward_replies():
         "Instruction:"
     )
 
+    project_backward = render(
+        load_template(BACKWARD), generation="Photosynthesis turns light, water and CO2 into sugar."
+    )
+
     async def main(sim):
-        gen = await ask(
-            sim, "Explain photosynthesis to a ten year old.", model="gen-model"
-        )
-        gen2 = await ask(
-            sim, "Explain photosynthesis to a ten year old.", model="gen-model"
-        )
+        gen = await ask(sim, "Explain photosynthesis to a ten year old.", model="gen-model")
+        gen2 = await ask(sim, "Explain photosynthesis to a ten year old.", model="gen-model")
         back = await ask(sim, backward)
-        return gen, gen2, back
+        back2 = await ask(sim, project_backward)
+        back3 = await ask(sim, render(load_template(BACKWARD), generation=gen))
+        return gen, gen2, back, back2, back3
 
     with Simulator() as sim:
-        gen, gen2, back = run(main(sim))
+        gen, gen2, back, back2, back3 = run(main(sim))
         stats = sim.stats()
+    assert (
+        back2
+        == "[simulated instruction] What can you tell me about Photosynthesis turns light, water and CO2 into sugar?"
+    )
+    assert back3 == "[simulated instruction] What can you tell me about This text comes from a simulator, not from?"
     assert gen == gen2
     assert gen.startswith("[simulated response from gen-model] ")
     assert "Explain photosynthesis" in gen
     assert 200 <= len(gen) <= 450
     assert "Score:" not in gen
-    assert back == (
-        "[simulated instruction] What can you tell me about "
-        "The Eiffel Tower was completed in 1889 for?"
-    )
-    assert stats["by_kind"] == {"score": 0, "generate": 2, "backward": 1}
+    assert back == ("[simulated instruction] What can you tell me about The Eiffel Tower was completed in 1889 for?")
+    assert stats["by_kind"] == {"score": 0, "generate": 2, "backward": 3}
 
 
 def test_max_tokens_and_stop_truncate_like_a_real_server():
     async def main(sim):
         async with client(sim) as c:
-            r1 = await c.chat.completions.create(
-                model="m", messages=user("hello"), max_tokens=5
-            )
-            r2 = await c.chat.completions.create(
-                model="m", messages=user("hello"), stop=["from"]
-            )
+            r1 = await c.chat.completions.create(model="m", messages=user("hello"), max_tokens=5)
+            r2 = await c.chat.completions.create(model="m", messages=user("hello"), stop=["from"])
             return r1, r2
 
     with Simulator() as sim:
@@ -178,9 +178,7 @@ def test_huggingface_async_inference_client():
         out = []
         for base in (sim.url, sim.root_url):
             hf = AsyncInferenceClient(base_url=base, api_key="hf_unused")
-            r = await hf.chat_completion(
-                messages=user(text), model="judge", max_tokens=200
-            )
+            r = await hf.chat_completion(messages=user(text), model="judge", max_tokens=200)
             out.append(r)
             await hf.close()
         return out
@@ -303,10 +301,8 @@ def test_fault_draws_are_seeded_and_retries_succeed():
     async def outcomes(sim, n):
         async with client(sim) as c:
             for i in range(n):
-                try:
+                with contextlib.suppress(openai.APIStatusError):
                     await c.chat.completions.create(model="m", messages=user(f"q{i}"))
-                except openai.APIStatusError:
-                    pass
 
     logs = []
     for _ in range(2):
@@ -321,9 +317,7 @@ def test_fault_draws_are_seeded_and_retries_succeed():
         # 429s carry retry-after-ms=10, so the client's own retries are quick.
         async with client(sim, max_retries=20) as c:
             return [
-                (await c.chat.completions.create(model="m", messages=user(f"x{i}")))
-                .choices[0]
-                .message.content
+                (await c.chat.completions.create(model="m", messages=user(f"x{i}"))).choices[0].message.content
                 for i in range(15)
             ]
 
@@ -456,12 +450,7 @@ def test_context_length_exceeded():
 def test_stats_track_concurrency():
     async def main(sim):
         async with client(sim) as c:
-            await asyncio.gather(
-                *(
-                    c.chat.completions.create(model="m", messages=user(f"c{i}"))
-                    for i in range(20)
-                )
-            )
+            await asyncio.gather(*(c.chat.completions.create(model="m", messages=user(f"c{i}")) for i in range(20)))
 
     with Simulator(SimulatorConfig(latency_ms=250)) as sim:
         run(main(sim))
@@ -544,9 +533,7 @@ def test_subprocess():
         text = score_prompt(5)
 
         async def main():
-            async with openai.AsyncOpenAI(
-                base_url=proc.url, api_key=secret, max_retries=0
-            ) as c:
+            async with openai.AsyncOpenAI(base_url=proc.url, api_key=secret, max_retries=0) as c:
                 r = await c.chat.completions.create(model="judge", messages=user(text))
                 return r.choices[0].message.content
 

@@ -24,30 +24,31 @@ Command line (prints the URL on its first stdout line, serves until killed)::
 Pointing clients at it (the important part)
 -------------------------------------------
 ``huggingface_hub.constants.ENDPOINT`` and ``datasets.config.HF_ENDPOINT`` are read from
-``HF_ENDPOINT`` *once, at import time*. So:
+``HF_ENDPOINT`` *once, when those libraries are first imported*; a later change to
+``os.environ`` is not seen by a process that already imported them. Three ways work:
 
-* Recommended: run client code in a **separate process** whose environment holds
-  ``hub.env(...)`` (``HF_ENDPOINT``, a private ``HF_HOME``, ``HF_TOKEN``, offline/telemetry
-  switches, ``NO_PROXY``). For Ray Data jobs reading ``hf://datasets/...``: start the
-  hub, ``os.environ.update(hub.env(...))`` *before* ``ray.init()``; workers are fresh
-  processes that inherit it. Only ``huggingface_hub``/``datasets`` imported in the driver
-  before that update keep the old endpoint, so do driver-side Hub calls in a subprocess
-  too, or give them ``endpoint=hub.url`` explicitly.
-* In-process is fine for ``HfApi(endpoint=hub.url, token=...)`` and
-  ``HfFileSystem(endpoint=hub.url, token=...)`` (both take the endpoint per instance).
-  It is *not* fine for ``datasets.load_dataset`` or ``hf_hub_download`` without
-  ``endpoint=``: they use the import-time constants. A conftest that starts the hub and
-  sets ``os.environ`` in ``pytest_configure`` works only if nothing imported those
-  libraries earlier in the session.
-* This module does not import ``huggingface_hub`` or ``datasets``, so importing it never
-  freezes the endpoint.
+1. Session-wide (what ``tests/conftest.py`` does): start one hub and set ``HF_ENDPOINT``
+   (plus ``HF_HOME``/``HF_TOKEN``) in ``os.environ`` at conftest import, before anything
+   imports ``huggingface_hub``/``datasets`` and before ``ray.init()``. Ray workers are
+   fresh processes that inherit the driver's environment, so ``hf://datasets/...`` reads
+   through ``HfFileSystem`` on workers reach the hub too. This module imports neither
+   library, so importing it never freezes the endpoint.
+2. A hub per test: run the client code in a **subprocess** whose environment holds
+   ``hub.env(hf_home=..., token=...)`` (``HF_ENDPOINT``, a private ``HF_HOME`` and
+   datasets cache, ``HF_TOKEN``, offline/telemetry/download-count switches, ``NO_PROXY``).
+   ``tests/test_fake_hub.py`` does this.
+3. In-process with an explicit endpoint: ``HfApi(endpoint=hub.url, token=...)``,
+   ``HfFileSystem(endpoint=hub.url, token=...)`` and ``hf_hub_download(..., endpoint=...)``
+   take it per call. ``datasets.load_dataset`` has no such argument: it uses the
+   import-time value, so it needs 1. or 2.
 
 Behaviour worth knowing
 -----------------------
 * Every file is stored as a regular git blob: ``preupload`` always answers
   ``"uploadMode": "regular"``, so content travels base64-inline in the ndjson commit and
-  neither LFS nor Xet is used (the client only uses Xet for "lfs" files, and only
-  downloads through Xet when ``/resolve`` sends ``X-Xet-Hash``, which we never do).
+  neither LFS nor Xet is used: ``huggingface_hub`` only takes the Xet (or, with
+  ``HF_HUB_DISABLE_XET=1``, the LFS) route for files the server labels "lfs", and only
+  downloads through Xet when ``/resolve`` answers with ``X-Xet-Hash``, which we never send.
   ``lfsFile`` commit lines are rejected with 400.
 * Like the real Hub, a new repo starts with an "initial commit" holding ``.gitattributes``;
   ``files()`` returns it too.
@@ -56,12 +57,20 @@ Behaviour worth knowing
   ``required_token`` set, every request needs ``Authorization: Bearer <token>``.
   The token value is never stored or logged; only its presence is recorded.
 * Every commit keeps its full tree (blobs are content-addressed on disk under
-  ``root_dir``), so reads pinned to an older commit sha keep working.
+  ``root_dir``): ``datasets`` pins data files to the commit sha it resolved
+  (``hf://datasets/REPO@SHA/...``), and those reads keep working after later commits.
 * Not supported (answered like the real Hub answers a missing thing, so clients fall
   back): pull requests, ``refs/convert/parquet``, Xet/LFS, tags, spaces runtime.
   ``datasets`` also asks ``datasets-server.<host>`` and an S3 URL for download counts;
   those never reach us: ``env()`` sets ``HF_UPDATE_DOWNLOAD_COUNTS=0`` for the latter,
   the former fails name resolution at once and ``datasets`` ignores it.
+* ``datasets`` picks one builder (json, parquet, ...) from the *first* README ``configs:``
+  entry and uses it for every config, so all configs of a repo must share one file format
+  (real-Hub behaviour too; it is client-side).
+* Client-side caching: ``hf_hub_download`` with a commit-sha revision is answered from
+  ``HF_HOME`` without any request once cached, and ``HfFileSystem`` instances (cached by
+  fsspec per endpoint/token) keep directory listings until ``invalidate_cache()``. Use a
+  fresh ``HF_HOME`` when asserting on ``requests``.
 """
 
 from __future__ import annotations
@@ -95,13 +104,8 @@ logger = logging.getLogger(__name__)
 USERNAME = "fake-user"
 # Same shape as what the Hub puts in a brand-new repo (content does not matter here).
 _GITATTRIBUTES = b"*.parquet filter=lfs diff=lfs merge=lfs -text\n*.arrow filter=lfs diff=lfs merge=lfs -text\n"
-_TYPES = {
-    "model": "model",
-    "models": "model",
-    "dataset": "dataset",
-    "datasets": "dataset",
-}
-_TYPES.update({"space": "space", "spaces": "space"})
+# Repo types as the URLs spell them (plural) and as the API bodies do (singular).
+_TYPES = {name + plural: name for name in ("model", "dataset", "space") for plural in ("", "s")}
 _URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 
 
@@ -155,23 +159,19 @@ class _HubError(Exception):
         status: int,
         message: str,
         code: str | None = None,
-        headers: Mapping[str, str] = (),
+        headers: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
     ):
         super().__init__(message)
-        self.status, self.message, self.code, self.headers = (
-            status,
-            message,
-            code,
-            dict(headers),
-        )
+        self.status, self.message, self.code = status, message, code
+        self.headers, self.body = dict(headers or {}), dict(body or {})
 
     def response(self) -> web.Response:
         headers = {"X-Error-Message": self.message, **self.headers}
         if self.code:
             headers["X-Error-Code"] = self.code
-        return web.json_response(
-            {"error": self.message}, status=self.status, headers=headers
-        )
+        body = {"error": self.message, **self.body}
+        return web.json_response(body, status=self.status, headers=headers)
 
 
 def _now() -> str:
@@ -185,11 +185,7 @@ def _git_blob_oid(data: bytes) -> str:
 
 
 def _card_data(readme: bytes) -> dict | None:
-    match = re.match(
-        r"---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(\r?\n|$)",
-        readme.decode("utf-8", "replace"),
-        re.DOTALL,
-    )
+    match = re.match(r"---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(\r?\n|$)", readme.decode("utf-8", "replace"), re.DOTALL)
     if not match:
         return None
     try:
@@ -225,24 +221,18 @@ class FakeHub:
         port: int = 0,
         required_token: str | None = None,
     ):
-        self._tmp = (
-            tempfile.TemporaryDirectory(prefix="fake-hub-")
-            if root_dir is None
-            else None
-        )
+        self._tmp = tempfile.TemporaryDirectory(prefix="fake-hub-") if root_dir is None else None
         self.root_dir = Path(root_dir if root_dir is not None else self._tmp.name)
         self._blob_dir = self.root_dir / "blobs"
         self._blob_dir.mkdir(parents=True, exist_ok=True)
         self._host, self._port = host, port
         self._required_token = required_token
-        self._lock = (
-            threading.Lock()
-        )  # guards repos/requests: mutated on the server thread, read by tests
+        self._lock = threading.Lock()  # guards repos/requests: mutated on the server thread, read by tests
         self._repos: dict[tuple[str, str], _Repo] = {}
         self._requests: list[RecordedRequest] = []
         self._counter = 0
         self._thread: threading.Thread | None = None
-        self._loop = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self.url = ""
         self._routes = [
@@ -275,9 +265,7 @@ class FakeHub:
         sock.listen(128)
         self.url = f"http://{self._host}:{sock.getsockname()[1]}"
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="fake-hub", daemon=True
-        )
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-hub", daemon=True)
         self._thread.start()
         # Startup errors surface here, in the caller's thread.
         self._call(self._serve(sock))
@@ -314,9 +302,7 @@ class FakeHub:
 
     # ------------------------------------------------------------------ test API
 
-    def env(
-        self, hf_home: str | os.PathLike, token: str | None = None
-    ) -> dict[str, str]:
+    def env(self, hf_home: str | os.PathLike, token: str | None = None) -> dict[str, str]:
         """Environment for a client process (or for os.environ before ``ray.init()``)."""
         env = {
             "HF_ENDPOINT": self.url,
@@ -344,46 +330,40 @@ class FakeHub:
         with self._lock:
             self._requests.clear()
 
-    def files(
-        self, repo_type: str, repo_id: str, revision: str = "main"
-    ) -> dict[str, bytes]:
-        """Current tree of a repo: ``{path: content}``."""
+    # repo_type: "dataset(s)", "model(s)" or "space(s)". Missing repos/revisions raise KeyError.
+
+    def files(self, repo_type: str, repo_id: str, revision: str = "main") -> dict[str, bytes]:
+        """The tree at ``revision`` (default: head of main): ``{path: content}``."""
         with self._lock:
-            tree = dict(
-                self._get_repo(_TYPES[repo_type], repo_id).resolve(revision).tree
-            )
+            tree = dict(self._lookup(repo_type, repo_id, revision)[1].tree)
         return {path: self._read_blob(oid) for path, oid in sorted(tree.items())}
 
-    def commits(
-        self, repo_type: str, repo_id: str, revision: str = "main"
-    ) -> list[str]:
+    def commits(self, repo_type: str, repo_id: str, revision: str = "main") -> list[str]:
         """Commit oids reachable from ``revision``, newest first."""
         with self._lock:
-            repo = self._get_repo(_TYPES[repo_type], repo_id)
-            return [c.oid for c in self._history(repo, repo.resolve(revision))]
+            repo, commit = self._lookup(repo_type, repo_id, revision)
+            return [c.oid for c in self._history(repo, commit)]
 
-    def create_repo(
-        self, repo_type: str, repo_id: str, *, private: bool = False
-    ) -> None:
+    def create_repo(self, repo_type: str, repo_id: str, *, private: bool = False) -> None:
         """Seed a repo directly (no HTTP), e.g. to prepare input data for a job under test."""
         with self._lock:
+            if (_TYPES[repo_type], repo_id) in self._repos:
+                raise ValueError(f"{repo_type} repo {repo_id} already exists")
             self._new_repo(_TYPES[repo_type], repo_id, private)
 
-    def put_files(
-        self,
-        repo_type: str,
-        repo_id: str,
-        files: Mapping[str, bytes],
-        message: str = "seed",
-    ) -> str:
+    def put_files(self, repo_type: str, repo_id: str, files: Mapping[str, bytes], message: str = "seed") -> str:
         """Commit ``files`` directly to ``main`` (no HTTP). Returns the commit oid."""
         oids = {path: self._write_blob(data) for path, data in files.items()}
         with self._lock:
+            repo, head = self._lookup(repo_type, repo_id, "main")
+            return self._add_commit(repo, "main", {**head.tree, **oids}, message, "", head).oid
+
+    def _lookup(self, repo_type: str, repo_id: str, revision: str) -> tuple[_Repo, _Commit]:
+        try:
             repo = self._get_repo(_TYPES[repo_type], repo_id)
-            head = repo.resolve("main")
-            return self._add_commit(
-                repo, "main", {**head.tree, **oids}, message, "", head
-            ).oid
+            return repo, repo.resolve(revision)
+        except _HubError as err:
+            raise KeyError(f"{repo_type} {repo_id}@{revision}: {err.message}") from None
 
     # ------------------------------------------------------------------ storage
 
@@ -406,17 +386,12 @@ class FakeHub:
 
     def _new_repo(self, repo_type: str, repo_id: str, private: bool) -> _Repo:
         if (repo_type, repo_id) in self._repos:
-            # 409 is what create_repo(exist_ok=True) turns into success.
-            raise _HubError(409, f"You already created this {repo_type} repo")
+            # create_repo(exist_ok=True) turns a 409 into success, reading its "url".
+            url = f"{self.url}/{_URL_PREFIX[repo_type]}{repo_id}"
+            message = f"You already created this {repo_type} repo"
+            raise _HubError(409, message, body={"url": url})
         repo = _Repo(repo_type, repo_id, private, _now())
-        self._add_commit(
-            repo,
-            "main",
-            {".gitattributes": self._write_blob(_GITATTRIBUTES)},
-            "initial commit",
-            "",
-            None,
-        )
+        self._add_commit(repo, "main", {".gitattributes": self._write_blob(_GITATTRIBUTES)}, "initial commit", "", None)
         self._repos[(repo_type, repo_id)] = repo
         return repo
 
@@ -427,28 +402,14 @@ class FakeHub:
             raise _HubError(404, "Repository not found", "RepoNotFound") from None
 
     def _add_commit(
-        self,
-        repo: _Repo,
-        branch: str,
-        tree: dict[str, str],
-        title: str,
-        message: str,
-        parent: _Commit | None,
+        self, repo: _Repo, branch: str, tree: dict[str, str], title: str, message: str, parent: _Commit | None
     ) -> _Commit:
         self._counter += 1
         old = parent.tree if parent else {}
-        changed = frozenset(
-            p for p in old.keys() | tree.keys() if old.get(p) != tree.get(p)
-        )
+        changed = frozenset(p for p in old.keys() | tree.keys() if old.get(p) != tree.get(p))
         seed = f"{parent.oid if parent else ''}|{sorted(tree.items())}|{title}|{time.time_ns()}|{self._counter}"
         commit = _Commit(
-            hashlib.sha1(seed.encode()).hexdigest(),
-            title,
-            message,
-            _now(),
-            parent and parent.oid,
-            tree,
-            changed,
+            hashlib.sha1(seed.encode()).hexdigest(), title, message, _now(), parent and parent.oid, tree, changed
         )
         repo.commits[commit.oid] = commit
         repo.branches[branch] = commit.oid
@@ -463,53 +424,31 @@ class FakeHub:
     # ------------------------------------------------------------------ HTTP plumbing
 
     @web.middleware
-    async def _middleware(
-        self, request: web.Request, handler: Any
-    ) -> web.StreamResponse:
+    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         response = await handler(request)
         # Record after answering so the status is known; the token itself is never kept.
         record = RecordedRequest(
-            request.method,
-            request.path,
-            request.query_string,
-            "Authorization" in request.headers,
-            response.status,
+            request.method, request.path, request.query_string, "Authorization" in request.headers, response.status
         )
         with self._lock:
             self._requests.append(record)
-        logger.debug(
-            "%s %s -> %s (auth: %s)",
-            record.method,
-            record.path,
-            record.status,
-            record.has_auth,
-        )
+        logger.debug("%s %s -> %s (auth: %s)", record.method, record.path, record.status, record.has_auth)
         return response
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         try:
             self._check_token(request)
-            raw_path = (
-                request.rel_url.raw_path
-            )  # still percent-encoded: '%2F' in revisions/paths survives
+            raw_path = request.rel_url.raw_path  # still percent-encoded: '%2F' in revisions/paths survives
             for methods, pattern, handler in self._routes:
                 match = re.fullmatch(pattern, raw_path)
                 if match and request.method in methods.split():
-                    params = {
-                        k: unquote(v)
-                        for k, v in match.groupdict().items()
-                        if v is not None
-                    }
+                    params = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
                     return await handler(request, **params)
-            logger.warning(
-                "FakeHub: unsupported route %s %s", request.method, request.path
-            )
+            logger.warning("FakeHub: unsupported route %s %s", request.method, request.path)
             raise _HubError(404, "Sorry, we can't find the page you are looking for.")
         except _HubError as err:
             return err.response()
-        except (
-            Exception
-        ):  # a bug in the fake: answer 500 (recorded) rather than drop the connection
+        except Exception:  # a bug in the fake: answer 500 (recorded) rather than drop the connection
             logger.exception("FakeHub: error in %s %s", request.method, request.path)
             return web.json_response({"error": "FakeHub internal error"}, status=500)
 
@@ -544,22 +483,13 @@ class FakeHub:
                 return {"id": c.oid, "title": c.title, "date": c.date}
         return {"id": commit.oid, "title": commit.title, "date": commit.date}
 
-    def _entry(
-        self, repo: _Repo, commit: _Commit, path: str, expand: bool
-    ) -> dict | None:
+    def _entry(self, repo: _Repo, commit: _Commit, path: str, expand: bool) -> dict | None:
         """Tree/paths-info JSON for a file or a directory, or None if ``path`` is neither."""
         if path in commit.tree:
             oid = commit.tree[path]
-            entry = {
-                "type": "file",
-                "oid": oid,
-                "size": self._blob_size(oid),
-                "path": path,
-            }
+            entry = {"type": "file", "oid": oid, "size": self._blob_size(oid), "path": path}
         else:
-            below = sorted(
-                (p, o) for p, o in commit.tree.items() if p.startswith(path + "/")
-            )
+            below = sorted((p, o) for p, o in commit.tree.items() if p.startswith(path + "/"))
             if not below:
                 return None
             tree_oid = hashlib.sha1(repr(below).encode()).hexdigest()
@@ -584,10 +514,7 @@ class FakeHub:
                 "isPro": False,
                 "canPay": False,
                 "orgs": [],
-                "auth": {
-                    "type": "access_token",
-                    "accessToken": {"displayName": "fake", "role": "write"},
-                },
+                "auth": {"type": "access_token", "accessToken": {"displayName": "fake", "role": "write"}},
             }
         )
 
@@ -599,9 +526,7 @@ class FakeHub:
             if match:
                 yaml.safe_load(match.group(1))
         except yaml.YAMLError as exc:
-            return web.json_response(
-                {"errors": [{"message": str(exc)}], "warnings": []}, status=400
-            )
+            return web.json_response({"errors": [{"message": str(exc)}], "warnings": []}, status=400)
         return web.json_response({"errors": [], "warnings": []})
 
     async def _create_repo_route(self, request: web.Request) -> web.Response:
@@ -614,25 +539,18 @@ class FakeHub:
         private = body.get("visibility") == "private" or body.get("private") is True
         with self._lock:
             repo = self._new_repo(repo_type, repo_id, private)
-        return web.json_response(
-            {"url": self._repo_url(repo), "name": repo_id, "id": repo_id}
-        )
+        return web.json_response({"url": self._repo_url(repo), "name": repo_id, "id": repo_id})
 
     async def _delete_repo_route(self, request: web.Request) -> web.Response:
         self._require_auth(request)
         body = await request.json()
-        key = (
-            body.get("type") or "model",
-            f"{body.get('organization') or USERNAME}/{body['name']}",
-        )
+        key = (body.get("type") or "model", f"{body.get('organization') or USERNAME}/{body['name']}")
         with self._lock:
             if self._repos.pop(key, None) is None:
                 raise _HubError(404, "Repository not found", "RepoNotFound")
         return web.Response(text="")
 
-    async def _repo_info(
-        self, request: web.Request, type: str, repo: str, rev: str = "main"
-    ) -> web.Response:
+    async def _repo_info(self, request: web.Request, type: str, repo: str, rev: str = "main") -> web.Response:
         with self._lock:
             found = self._repo(request, type, repo)
             commit = found.resolve(rev)
@@ -645,9 +563,7 @@ class FakeHub:
                     sibling.update(size=self._blob_size(oid), blobId=oid)
                 siblings.append(sibling)
             info = {
-                "_id": hashlib.sha1(
-                    f"{found.repo_type}/{found.repo_id}".encode()
-                ).hexdigest()[:24],
+                "_id": hashlib.sha1(f"{found.repo_type}/{found.repo_id}".encode()).hexdigest()[:24],
                 "id": found.repo_id,
                 "author": found.repo_id.split("/")[0],
                 "sha": commit.oid,
@@ -660,38 +576,27 @@ class FakeHub:
                 "likes": 0,
                 "tags": [],
                 "siblings": siblings,
-                "usedStorage": sum(
-                    self._blob_size(o) for o in set(commit.tree.values())
-                ),
+                "usedStorage": sum(self._blob_size(o) for o in set(commit.tree.values())),
             }
             card = _card_data(self._read_blob(readme)) if readme else None
         if card is not None:
             info["cardData"] = card
         if found.repo_type == "model":
             info["modelId"] = found.repo_id
-        expand = request.query.getall("expand", []) + request.query.getall(
-            "expand[]", []
-        )
+        expand = request.query.getall("expand", []) + request.query.getall("expand[]", [])
         if expand:  # like the Hub: only the requested fields (plus ids)
             info = {k: v for k, v in info.items() if k in ("_id", "id", *expand)}
         return web.json_response(info)
 
-    async def _tree(
-        self, request: web.Request, type: str, repo: str, rev: str, path: str = ""
-    ) -> web.Response:
+    async def _tree(self, request: web.Request, type: str, repo: str, rev: str, path: str = "") -> web.Response:
         path = path.strip("/")
-        recursive, expand = (
-            _truthy(request.query.get("recursive")),
-            _truthy(request.query.get("expand")),
-        )
+        recursive, expand = _truthy(request.query.get("recursive")), _truthy(request.query.get("expand"))
         with self._lock:
             found = self._repo(request, type, repo)
             commit = found.resolve(rev)
             prefix = f"{path}/" if path else ""
             below = [p for p in commit.tree if p.startswith(prefix)]
-            if (
-                path and not below
-            ):  # missing folder, or a file: the Hub says 404 for both
+            if path and not below:  # missing folder, or a file: the Hub says 404 for both
                 raise _HubError(404, f"{path} does not exist on {rev}", "EntryNotFound")
             children = set()
             for p in below:
@@ -701,25 +606,16 @@ class FakeHub:
             entries = [self._entry(found, commit, p, expand) for p in sorted(children)]
         return web.json_response(entries)
 
-    async def _paths_info(
-        self, request: web.Request, type: str, repo: str, rev: str
-    ) -> web.Response:
+    async def _paths_info(self, request: web.Request, type: str, repo: str, rev: str) -> web.Response:
         form = await request.post()
         expand = _truthy(form.get("expand"))
         with self._lock:
             found = self._repo(request, type, repo)
             commit = found.resolve(rev)
-            entries = [
-                self._entry(found, commit, p.strip("/"), expand)
-                for p in form.getall("paths", [])
-            ]
-        return web.json_response(
-            [e for e in entries if e is not None]
-        )  # missing paths are skipped
+            entries = [self._entry(found, commit, p.strip("/"), expand) for p in form.getall("paths", [])]
+        return web.json_response([e for e in entries if e is not None])  # missing paths are skipped
 
-    async def _preupload(
-        self, request: web.Request, type: str, repo: str, rev: str
-    ) -> web.Response:
+    async def _preupload(self, request: web.Request, type: str, repo: str, rev: str) -> web.Response:
         self._require_auth(request)
         body = await request.json()
         with self._lock:
@@ -727,46 +623,26 @@ class FakeHub:
         files = [
             # "regular" for everything => inline base64 in the commit, never LFS/Xet.
             # "oid" of the current blob lets the client drop unchanged files from the commit.
-            {
-                "path": f["path"],
-                "uploadMode": "regular",
-                "shouldIgnore": False,
-                "oid": commit.tree.get(f["path"]),
-            }
+            {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": commit.tree.get(f["path"])}
             for f in body.get("files", [])
         ]
         return web.json_response({"files": files, "commitOid": commit.oid})
 
-    async def _commit(
-        self, request: web.Request, type: str, repo: str, rev: str
-    ) -> web.Response:
+    async def _commit(self, request: web.Request, type: str, repo: str, rev: str) -> web.Response:
         self._require_auth(request)
         if _truthy(request.query.get("create_pr")):
             raise _HubError(400, "FakeHub does not support pull requests")
-        lines = [
-            json.loads(line)
-            for line in (await request.read()).splitlines()
-            if line.strip()
-        ]
+        lines = [json.loads(line) for line in (await request.read()).splitlines() if line.strip()]
         header = next((item["value"] for item in lines if item["key"] == "header"), {})
         additions: dict[str, str] = {}
-        deletions: list[tuple[str, str]] = []
         for item in lines:
             key, value = item["key"], item["value"]
             if key == "file":
                 raw = value["content"]
-                data = (
-                    base64.b64decode(raw)
-                    if value.get("encoding") == "base64"
-                    else raw.encode()
-                )
+                data = base64.b64decode(raw) if value.get("encoding") == "base64" else raw.encode()
                 additions[value["path"]] = self._write_blob(data)
-            elif key in ("deletedFile", "deletedFolder"):
-                deletions.append((key, value["path"]))
-            elif key != "header":  # lfsFile: we never asked for LFS
-                raise _HubError(
-                    400, f"FakeHub only supports inline regular files, got '{key}'"
-                )
+            elif key not in ("header", "deletedFile", "deletedFolder"):  # lfsFile: we never asked for LFS
+                raise _HubError(400, f"FakeHub only supports inline regular files, got '{key}'")
         with self._lock:
             found = self._repo(request, type, repo)
             branch = rev.removeprefix("refs/heads/")
@@ -775,9 +651,7 @@ class FakeHub:
             head = found.resolve(branch)
             parent = header.get("parentCommit")
             if parent and not head.oid.startswith(parent):
-                raise _HubError(
-                    412, "A commit has happened since. Please refresh and try again."
-                )
+                raise _HubError(412, "A commit has happened since. Please refresh and try again.")
             tree = dict(head.tree)
             # Operations apply in order, so "delete folder then re-add some files" works.
             for key, value in ((i["key"], i["value"]) for i in lines):
@@ -785,27 +659,16 @@ class FakeHub:
                     tree[value["path"]] = additions[value["path"]]
                 elif key == "deletedFile":
                     if tree.pop(value["path"], None) is None:
-                        raise _HubError(
-                            404, "A file with this name doesn't exist", "EntryNotFound"
-                        )
+                        raise _HubError(404, "A file with this name doesn't exist", "EntryNotFound")
                 elif key == "deletedFolder":
                     folder = value["path"].strip("/") + "/"
                     gone = [p for p in tree if p.startswith(folder)]
                     if not gone:
-                        raise _HubError(
-                            404,
-                            "A folder with this name doesn't exist",
-                            "EntryNotFound",
-                        )
+                        raise _HubError(404, "A folder with this name doesn't exist", "EntryNotFound")
                     for p in gone:
                         del tree[p]
             commit = self._add_commit(
-                found,
-                branch,
-                tree,
-                header.get("summary") or "commit",
-                header.get("description", ""),
-                head,
+                found, branch, tree, header.get("summary") or "commit", header.get("description", ""), head
             )
         return web.json_response(
             {
@@ -816,9 +679,7 @@ class FakeHub:
             }
         )
 
-    async def _list_commits(
-        self, request: web.Request, type: str, repo: str, rev: str
-    ) -> web.Response:
+    async def _list_commits(self, request: web.Request, type: str, repo: str, rev: str) -> web.Response:
         with self._lock:
             found = self._repo(request, type, repo)
             history = [
@@ -840,13 +701,9 @@ class FakeHub:
                 {"name": name, "ref": f"refs/heads/{name}", "targetCommit": oid}
                 for name, oid in sorted(found.branches.items())
             ]
-        return web.json_response(
-            {"branches": branches, "converts": [], "tags": [], "pullRequests": []}
-        )
+        return web.json_response({"branches": branches, "converts": [], "tags": [], "pullRequests": []})
 
-    async def _branch(
-        self, request: web.Request, type: str, repo: str, rev: str
-    ) -> web.Response:
+    async def _branch(self, request: web.Request, type: str, repo: str, rev: str) -> web.Response:
         self._require_auth(request)
         body = await request.json() if request.can_read_body else {}
         with self._lock:
@@ -857,9 +714,7 @@ class FakeHub:
             elif rev in found.branches:
                 raise _HubError(409, f"Reference already exists: refs/heads/{rev}")
             else:
-                found.branches[rev] = found.resolve(
-                    body.get("startingPoint") or "main"
-                ).oid
+                found.branches[rev] = found.resolve(body.get("startingPoint") or "main").oid
         return web.Response(text="")
 
     async def _resolve(
@@ -870,12 +725,7 @@ class FakeHub:
             oid = commit.tree.get(path)
             if oid is None:
                 # X-Repo-Commit on a 404 lets hf_hub_download cache the file's absence.
-                raise _HubError(
-                    404,
-                    "Entry not found",
-                    "EntryNotFound",
-                    {"X-Repo-Commit": commit.oid},
-                )
+                raise _HubError(404, "Entry not found", "EntryNotFound", {"X-Repo-Commit": commit.oid})
         size = self._blob_size(oid)
         headers = {
             "X-Repo-Commit": commit.oid,
@@ -888,20 +738,14 @@ class FakeHub:
         if range_header:
             match = re.fullmatch(r"bytes=(\d*)-(\d*)", range_header.strip())
             if not match or match.group(1) == match.group(2) == "":
-                raise _HubError(
-                    416, "Invalid range", headers={"Content-Range": f"bytes */{size}"}
-                )
+                raise _HubError(416, "Invalid range", headers={"Content-Range": f"bytes */{size}"})
             if match.group(1) == "":  # suffix range: last N bytes
                 start = max(0, size - int(match.group(2)))
             else:
                 start = int(match.group(1))
                 end = min(int(match.group(2)), size - 1) if match.group(2) else size - 1
             if start >= size or start > end:
-                raise _HubError(
-                    416,
-                    "Range Not Satisfiable",
-                    headers={"Content-Range": f"bytes */{size}"},
-                )
+                raise _HubError(416, "Range Not Satisfiable", headers={"Content-Range": f"bytes */{size}"})
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         headers["Content-Length"] = str(end - start + 1 if size else 0)
@@ -915,18 +759,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument(
-        "--root", default=None, help="blob storage directory (default: a temp dir)"
-    )
-    parser.add_argument(
-        "--required-token",
-        default=None,
-        help="reject requests without 'Bearer <token>'",
-    )
+    parser.add_argument("--root", default=None, help="blob storage directory (default: a temp dir)")
+    parser.add_argument("--required-token", default=None, help="reject requests without 'Bearer <token>'")
     args = parser.parse_args(argv)
-    hub = FakeHub(
-        args.root, host=args.host, port=args.port, required_token=args.required_token
-    ).start()
+    hub = FakeHub(args.root, host=args.host, port=args.port, required_token=args.required_token).start()
     print(hub.url, flush=True)  # first stdout line: callers read the URL from here
     stopped = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

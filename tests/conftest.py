@@ -1,0 +1,37 @@
+"""Shared loopback services for the tests: one local Ray, the endpoint simulator, the fake Hub.
+
+HF_ENDPOINT must be set before huggingface_hub is first imported (it reads the variable at import)
+and before ray.init (local Ray workers inherit the driver's environment), so the fake Hub starts
+here, at conftest import, ahead of every test module.
+"""
+
+import os
+import tempfile
+
+_HUB_HOME = tempfile.mkdtemp(prefix="backtrans-tests-")
+os.environ["HF_HOME"] = os.path.join(_HUB_HOME, "hf-home")
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_HUB_DISABLE_XET"] = "1"
+os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
+
+from backtrans.testing.fake_hub import FakeHub  # noqa: E402
+
+FAKE_HUB = FakeHub(root_dir=os.path.join(_HUB_HOME, "hub")).__enter__()
+os.environ["HF_ENDPOINT"] = FAKE_HUB.url
+os.environ["HF_TOKEN"] = "hf_test_token_for_the_fake_hub"
+
+import pytest  # noqa: E402
+import ray  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def fake_hub():
+    return FAKE_HUB
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
