@@ -1,7 +1,7 @@
 """Publish the output folder as a Hub dataset repo with `huggingface_hub`.
 
-`upload_folder` with `delete_patterns` makes a re-push replace the data files in one commit, so the
-repo holds exactly the latest shards, never two generations of them.
+`upload_folder` with `delete_patterns=["data/*"]` makes a re-push remove the shards of earlier runs
+(shard names change with every run), so the repo holds exactly the latest shards.
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ def _split_files_from_hub(repo_id: str, source: SourceConfig) -> list[str]:
     if source.split not in data_files:
         raise SourceError(
             f"source.split {source.split!r} not found in hf://datasets/{repo_id}; "
-            f"splits: {', '.join(sorted(data_files)) or 'none'}"
+            f"splits: {', '.join(sorted(map(str, data_files))) or 'none'}"
         )
     return [str(url) for url in data_files[source.split]]
 

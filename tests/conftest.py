@@ -12,6 +12,9 @@ _HUB_HOME = tempfile.mkdtemp(prefix="backtrans-tests-")
 os.environ["HF_HOME"] = os.path.join(_HUB_HOME, "hf-home")
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_HUB_DISABLE_XET"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "0"
+os.environ["HF_UPDATE_DOWNLOAD_COUNTS"] = "0"  # datasets would otherwise HEAD a non-loopback URL
+os.environ["NO_PROXY"] = "127.0.0.1,localhost"
 os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
 
 from backtrans.testing.fake_hub import FakeHub  # noqa: E402
