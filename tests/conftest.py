@@ -32,9 +32,12 @@ def fake_hub():
     return FAKE_HUB
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def local_ray():
+    """A local Ray shared by the tests; (re)started on demand, since the `ray start` test stops it."""
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
+
+
+def pytest_sessionfinish(session, exitstatus):
     ray.shutdown()

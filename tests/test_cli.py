@@ -1,0 +1,96 @@
+"""The command-line contract: `backtrans run`, exit codes and one-line errors, `ray job submit`."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from backtrans.simulator import Simulator, SimulatorConfig
+from tests.helpers import SEED_COLUMNS, assert_scores_match_simulator, write_instruction_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_ROWS = sum(1 for line in (REPO / "jobs/data/demo_instructions.jsonl").open() if line.strip())
+
+
+def _cli(*args, env=None, timeout=300):
+    run_env = {**os.environ, **(env or {})}
+    run_env.pop("RAY_ADDRESS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "backtrans", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=run_env,
+        timeout=timeout,
+    )
+
+
+def test_demo_writes_scored_parquet_and_says_it_is_simulated(tmp_path):
+    result = _cli("run", "jobs/configs/demo.yaml", "--set", f"output.path={tmp_path / 'demo'}")
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"wrote {DEMO_ROWS} rows to {tmp_path / 'demo'}/data" in result.stdout
+    assert "SIMULATED" in result.stdout
+    table = pq.read_table(tmp_path / "demo" / "data")
+    assert table.column_names == SEED_COLUMNS and table.num_rows == DEMO_ROWS
+    assert_scores_match_simulator(table)
+    assert "Simulated text." in (tmp_path / "demo" / "README.md").read_text()
+    assert json.loads((tmp_path / "demo" / "run_summary.json").read_text())["simulated"] is True
+
+
+def test_bad_config_exits_2_naming_the_key(tmp_path):
+    result = _cli("run", "jobs/configs/demo.yaml", "--set", "score.max_concurency=4")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "backtrans: error: config key score.max_concurency: unknown key"
+
+
+def test_missing_instruction_column_fails_before_any_request(tmp_path):
+    source = write_instruction_jsonl(tmp_path / "in.jsonl", rows=5)  # has `prompt`, and no rename below
+    with Simulator(SimulatorConfig()) as sim:
+        result = _cli(
+            "run", "jobs/configs/demo.yaml",
+            "--set", f"source.uri={source}", "--set", "source.rename={}",
+            "--set", "generate.backend=openai", "--set", f"generate.base_url={sim.url}",
+            "--set", "score.backend=openai", "--set", f"score.base_url={sim.url}",
+            "--set", f"output.path={tmp_path / 'out'}",
+        )  # fmt: skip
+        assert sim.stats()["total_requests"] == 0
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("backtrans: error: column 'instruction' is missing from")
+    assert "columns: prompt, completion, meta" in last
+    assert not (tmp_path / "out" / "data").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(shutil.which("ray") is None, reason="the ray CLI comes with ray[default]")
+def test_ray_job_submit_against_a_local_head(tmp_path):
+    ray.shutdown()  # one Ray per machine here: the session's local Ray restarts on demand afterwards
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}  # Ray 2.60 heads use token auth
+    env.pop("RAY_ADDRESS", None)
+    dashboard = _free_port()
+    start = ["ray", "start", "--head", f"--port={_free_port()}", f"--dashboard-port={dashboard}", "--num-cpus=2"]
+    subprocess.run([*start, "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=180)
+    try:
+        submit = subprocess.run(
+            ["ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(REPO), "--",
+             "python", "jobs/self_curation.py", "jobs/configs/demo.yaml", "--set", f"output.path={tmp_path / 'out'}"],
+            env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    finally:
+        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+    assert "succeeded" in submit.stdout + submit.stderr
+    assert pq.read_table(tmp_path / "out" / "data").num_rows == DEMO_ROWS
