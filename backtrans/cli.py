@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from backtrans.endpoints import one_line
+from backtrans.errors import root_failure
 
 EXIT_FAILED = 1
 EXIT_BAD_CONFIG = 2
@@ -24,13 +24,6 @@ def _parser() -> argparse.ArgumentParser:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )
     return parser
-
-
-def _root_cause(error: BaseException) -> BaseException:
-    """Ray wraps errors raised on workers; report the innermost one, which says what went wrong."""
-    while error.__cause__ is not None:
-        error = error.__cause__
-    return error
 
 
 def _report(result) -> None:
@@ -69,7 +62,7 @@ def run(config_path: str, overrides: list[str]) -> int:
     try:
         result = run_job(config)
     except Exception as error:  # the contract: any failure is one line on stderr and a non-zero exit
-        print(f"backtrans: error: {one_line(_root_cause(error))}", file=sys.stderr)
+        print(f"backtrans: error: {root_failure(error)[1]}", file=sys.stderr)
         return EXIT_FAILED
     _report(result)
     return 0

@@ -41,6 +41,12 @@ class StageConfig(_Strict):
     api_key_env: str | None = None
     max_concurrency: int = Field(default=32, ge=1)
     requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    max_requests: int | None = Field(default=None, ge=1)  # budget: the job stops, resumable, when spent
+    max_tokens: int | None = Field(default=None, ge=1)
+    failure_window: int = Field(default=50, ge=1)  # the stage is down when most of the last N attempts
+    failure_threshold: float = Field(default=0.8, gt=0, le=1)  # ... failed: stop instead of failing every row
+    reask_unparseable: bool = False  # score: ask once more when a reply has no parseable score
     timeout_s: float = Field(default=120, gt=0)
     max_retries: int = Field(default=6, ge=0)
     actors: int = Field(default=2, ge=1)  # actor-pool size; max_concurrency is split across them

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 
 from backtrans.config import StageConfig
+from backtrans.pacing import BudgetExhausted, Gate, StageDown
 
 RETRYABLE_STATUS = {408, 409, 429}
 BACKOFF_BASE_S = 0.5
@@ -90,6 +91,10 @@ def _retry_after_s(error: BaseException) -> float | None:
         return min(max(parsed.timestamp() - time.time(), 0.0), RETRY_AFTER_MAX_S)
 
 
+def is_pushback(error: BaseException) -> bool:
+    return _status_of(error) == 429
+
+
 def classify(error: BaseException) -> tuple[str, bool]:
     """(error type for the failure record, whether a retry may succeed)."""
     status = _status_of(error)
@@ -125,8 +130,9 @@ def one_line(error: BaseException, secret: str | None = None) -> str:
 class ChatEndpoint:
     """One stage's client. `max_retries` and `timeout_s` come from the stage config."""
 
-    def __init__(self, stage: StageConfig, base_url: str | None, api_key: str | None):
+    def __init__(self, stage: StageConfig, base_url: str | None, api_key: str | None, gate: Gate):
         self.stage = stage
+        self.gate = gate
         self.kwargs = chat_kwargs(stage)
         self._secret = api_key
         self._client = self._make_client(stage, base_url, api_key)
@@ -170,8 +176,11 @@ class ChatEndpoint:
         while True:
             attempt += 1
             try:
-                return await self._send(prompt), attempt
-            except asyncio.CancelledError:
+                async with self.gate.attempt():
+                    reply = await self._send(prompt)
+                self.gate.spend_tokens(reply.prompt_tokens + reply.completion_tokens)
+                return reply, attempt
+            except (asyncio.CancelledError, StageDown, BudgetExhausted):
                 raise
             except Exception as error:  # every client error is classified, none escapes unrecorded
                 error_type, retryable = classify(error)

@@ -18,9 +18,11 @@ from ray.data import ActorPoolStrategy
 from backtrans.card import render_card
 from backtrans.config import JobConfig, StageConfig
 from backtrans.endpoints import chat_kwargs, read_api_key
+from backtrans.errors import root_failure
 from backtrans.hub import push
 from backtrans.metrics import start_metrics
 from backtrans.output import OutputFolder, write_rows
+from backtrans.preflight import probe
 from backtrans.prompts import INSTRUCTION, SELF_CURATION, load_template
 from backtrans.sources import read_source, require_columns
 from backtrans.stages import ERROR_COLUMN, GenerateStage, LLMStage, ScoreStage, StageSpec
@@ -33,6 +35,9 @@ ROWS_PER_BATCH = 16
 ASYNC_BATCHES_PER_TASK = 4  # Ray Data's default for async batch UDFs
 STAGES: dict[str, type[LLMStage]] = {"generate": GenerateStage, "score": ScoreStage}
 DEFAULT_TEMPLATES = {"generate": INSTRUCTION, "score": SELF_CURATION}
+
+
+RESUMABLE_STOPS = {"BudgetExhausted", "StageDown"}
 
 
 class JobError(RuntimeError):
@@ -102,8 +107,6 @@ def _stage_spec(name: str, stage: StageConfig, base_url: str | None, metrics_nam
         config=stage.model_copy(update={"actors": actors}),
         base_url=base_url,
         template_path=_template_path(name, stage),
-        # Each actor gets an equal share, so the stage never has more than max_concurrency in flight.
-        slots_per_actor=stage.max_concurrency // actors,
         metrics_actor=metrics_name,
     )
 
@@ -111,7 +114,8 @@ def _stage_spec(name: str, stage: StageConfig, base_url: str | None, metrics_nam
 def _add_stage(dataset: ray.data.Dataset, spec: StageSpec) -> ray.data.Dataset:
     # Ray Data runs at most ASYNC_BATCHES_PER_TASK batches of one task at once; run enough tasks
     # side by side in each actor that its slots stay full while finished batches leave.
-    tasks_per_actor = math.ceil(2 * spec.slots_per_actor / (ROWS_PER_BATCH * ASYNC_BATCHES_PER_TASK))
+    slots_per_actor = spec.config.max_concurrency // spec.config.actors
+    tasks_per_actor = math.ceil(2 * slots_per_actor / (ROWS_PER_BATCH * ASYNC_BATCHES_PER_TASK))
     return dataset.map_batches(
         STAGES[spec.name],
         fn_constructor_args=(spec,),
@@ -138,30 +142,52 @@ def _check_output_columns(config: JobConfig, source_columns: list[str]) -> None:
             )
 
 
+def _simulated(config: JobConfig) -> bool:
+    return any(stage.backend == "simulated" for stage in _active_stages(config).values())
+
+
+def _stop(error: Exception, config: JobConfig, folder: OutputFolder, metrics, started: float, state: str):
+    """The run stopped early: leave a summary that says why (rows written so far stay checkpointed)."""
+    kind, message = root_failure(error)
+    summary = build_summary(config, folder, ray.get(metrics.snapshot.remote()), started, state, _simulated(config))
+    summary.update(complete=False, stopped_by=kind, reason=message)
+    write_summary(folder, summary)
+    if kind in RESUMABLE_STOPS:
+        raise JobError(f"{message}; {summary['rows']} rows are written, run the same command again to resume") from None
+    raise JobError(message) from None
+
+
 def run_job(config: JobConfig) -> RunResult:
     started = time.time()
     _check_before_spending(config)
-    folder = OutputFolder(os.path.abspath(config.output.path))
-    state = folder.prepare(config.output.mode)
-    if state == "skip":
-        return RunResult(folder.root, state, None, None)
-
-    dataset = read_source(config.source)
-    required = ["instruction"] if config.generate is not None else ["instruction", "generation"]
-    require_columns(dataset, required, config.source)
-    _check_output_columns(config, list(dataset.schema().names))
-
-    metrics_name = f"backtrans-metrics-{uuid.uuid4().hex[:8]}"
-    metrics = start_metrics(metrics_name)
     with _simulators(config) as simulator_url:
+        base_urls = {}
         for name, stage in _active_stages(config).items():
-            base_url = simulator_url if stage.backend == "simulated" else _resolve_base_url(stage)
-            dataset = _add_stage(dataset, _stage_spec(name, stage, base_url, metrics_name))
-        write_rows(dataset, folder, config.output)
+            base_urls[name] = simulator_url if stage.backend == "simulated" else _resolve_base_url(stage)
+            api_key = None if stage.backend == "simulated" else read_api_key(stage, name)
+            probe(name, stage, base_urls[name], api_key)  # before the corpus is read or anything written
+
+        folder = OutputFolder(os.path.abspath(config.output.path))
+        state = folder.prepare(config.output.mode)
+        if state == "skip":
+            return RunResult(folder.root, state, None, None)
+
+        dataset = read_source(config.source)
+        required = ["instruction"] if config.generate is not None else ["instruction", "generation"]
+        require_columns(dataset, required, config.source)
+        _check_output_columns(config, list(dataset.schema().names))
+
+        metrics_name = f"backtrans-metrics-{uuid.uuid4().hex[:8]}"
+        metrics = start_metrics(metrics_name)
+        for name, stage in _active_stages(config).items():
+            dataset = _add_stage(dataset, _stage_spec(name, stage, base_urls[name], metrics_name))
+        try:
+            write_rows(dataset, folder, config.output)
+        except Exception as error:
+            _stop(error, config, folder, metrics, started, state)
 
     stage_counts = ray.get(metrics.snapshot.remote())
-    simulated = any(stage.backend == "simulated" for stage in _active_stages(config).values())
-    summary = build_summary(config, folder, stage_counts, started, state, simulated)
+    summary = build_summary(config, folder, stage_counts, started, state, _simulated(config))
     scoring_prompt = load_template(_template_path("score", config.score))
     with open(folder.card, "w", encoding="utf-8") as f:
         f.write(render_card(summary, config.hub.repo_id, scoring_prompt))

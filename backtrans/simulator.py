@@ -123,7 +123,7 @@ class SimulatorConfig:
 
     host: str = "127.0.0.1"
     port: int = 0
-    #: Served model ids; ``None`` accepts any model and lists ``["simulated"]``.
+    #: Served model ids; ``None`` accepts any model and so lists none (a client cannot check it).
     models: list[str] | None = None
     #: If set, requests need ``Authorization: Bearer <api_key>`` (else 401).
     api_key: str | None = dataclasses.field(default=None, repr=False)
@@ -467,7 +467,7 @@ class _App:
                 401, "Incorrect API key provided (simulator).", "invalid_request_error",
                 "invalid_api_key",
             )  # fmt: skip
-        ids = st.config.models or [_DEFAULT_MODEL]
+        ids = st.config.models or []
         created = int(st.started_wall)
         data = [{"id": m, "object": "model", "created": created, "owned_by": "simulator"} for m in ids]
         return _json_response({"object": "list", "data": data})

@@ -15,7 +15,8 @@ import pyarrow as pa
 import ray
 
 from backtrans.config import StageConfig
-from backtrans.endpoints import ChatEndpoint, EndpointFailure, read_api_key
+from backtrans.endpoints import ChatEndpoint, EndpointFailure, is_pushback, read_api_key
+from backtrans.pacing import Gate
 from backtrans.parse import parse_verdict
 from backtrans.prompts import load_template, render
 
@@ -33,7 +34,6 @@ class StageSpec:
     config: StageConfig
     base_url: str | None
     template_path: str
-    slots_per_actor: int
     metrics_actor: str  # name of the RunMetrics actor
 
 
@@ -53,9 +53,9 @@ class LLMStage:
     def __init__(self, spec: StageSpec):
         self.spec = spec
         self.template = load_template(spec.template_path)
-        self.endpoint = ChatEndpoint(spec.config, spec.base_url, read_api_key(spec.config, spec.name))
+        self.spec_gate = (spec.name, spec.config, spec.config.actors, is_pushback)
+        self.endpoint: ChatEndpoint | None = None  # made in the actor's event loop, on the first batch
         self.metrics = ray.get_actor(spec.metrics_actor)
-        self._slots: asyncio.Semaphore | None = None  # made inside the actor's event loop
 
     def outputs_for(self, reply_text: str) -> tuple[list, RowFailure | None]:
         raise NotImplementedError
@@ -75,20 +75,33 @@ class LLMStage:
         failure = self._check_inputs(values)
         if failure is not None:
             return [None] * len(self.outputs), failure
-        async with self._slots:
-            try:
-                reply, attempts = await self.endpoint.complete(render(self.template, **values))
-            except EndpointFailure as error:
-                counts["requests"] += error.attempts
-                return [None] * len(self.outputs), RowFailure(error.error_type, error.message, error.attempts)
+        prompt = render(self.template, **values)
+        try:
+            reply = await self._ask(prompt, counts)
+            outputs, failure = self.outputs_for(reply.text)
+            if failure is not None and failure.type == "unparseable_score" and self.spec.config.reask_unparseable:
+                outputs, failure = self.outputs_for((await self._ask(prompt, counts)).text)
+        except EndpointFailure as error:
+            return [None] * len(self.outputs), RowFailure(error.error_type, error.message, error.attempts)
+        return outputs, failure
+
+    async def _ask(self, prompt: str, counts: dict):
+        try:
+            reply, attempts = await self.endpoint.complete(prompt)
+        except EndpointFailure as error:
+            counts["requests"] += error.attempts
+            raise
         counts["requests"] += attempts
         counts["prompt_tokens"] += reply.prompt_tokens
         counts["completion_tokens"] += reply.completion_tokens
-        return self.outputs_for(reply.text)
+        return reply
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.spec.slots_per_actor)
+        if self.endpoint is None:
+            gate = Gate(*self.spec_gate)
+            self.endpoint = ChatEndpoint(
+                self.spec.config, self.spec.base_url, read_api_key(self.spec.config, self.spec.name), gate
+            )
         columns = {name: batch.column(name).to_pylist() for name in self.inputs}
         earlier = batch.column(ERROR_COLUMN).to_pylist() if ERROR_COLUMN in batch.column_names else [None] * len(batch)
         counts = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}

@@ -8,6 +8,7 @@ stage actors' counters for this run. Nothing here holds a key: the config keeps 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 
@@ -24,6 +25,10 @@ def _count_scores(batch: pa.Table) -> pa.Table:
     return pa.table({"score": counts.field("values"), "rows": counts.field("counts")})
 
 
+def _written(folder: OutputFolder) -> bool:
+    return os.path.isdir(folder.data) and any(name.endswith(".parquet") for name in os.listdir(folder.data))
+
+
 def score_histogram(folder: OutputFolder) -> dict[str, int]:
     # Counted per block on the workers; only a handful of (score, rows) pairs per block reach the
     # driver. (A groupby would shuffle through 200 partitions for six keys.)
@@ -37,8 +42,13 @@ def score_histogram(folder: OutputFolder) -> dict[str, int]:
 def build_summary(
     config: JobConfig, folder: OutputFolder, stage_counts: dict, started: float, state: str, simulated: bool
 ) -> dict:
-    scores = score_histogram(folder) if "score" in config.output.columns else None
-    rows = sum(scores.values()) if scores is not None else ray.data.read_parquet(folder.data).count()
+    if not _written(folder):
+        scores, rows = None, 0
+    elif "score" in config.output.columns:
+        scores = score_histogram(folder)
+        rows = sum(scores.values())
+    else:
+        scores, rows = None, ray.data.read_parquet(folder.data).count()
     failures = {
         stage: {key.removeprefix("failures."): value for key, value in counts.items() if key.startswith("failures.")}
         for stage, counts in stage_counts.items()

@@ -398,7 +398,7 @@ def test_unknown_model_is_404_and_models_are_listed():
             return [m.id async for m in c.models.list()]
 
     with Simulator() as sim:
-        assert run(default_list(sim)) == ["simulated"]
+        assert run(default_list(sim)) == []
 
 
 def test_api_key_required():

@@ -1,0 +1,217 @@
+"""Watch one run from outside: the CPU and memory of a process tree, and the simulator's gauges.
+
+The run under test is a subprocess (the `backtrans` CLI, or a peer's script). Everything the run
+spends on the client side lives in that subprocess's process tree: the driver, the local Ray
+session it starts (GCS, raylet, dashboard, log monitor) and every Ray worker and actor. The
+simulator is started by the benchmark itself, outside that tree, so it is never counted.
+
+A sampler thread reads, every `interval` seconds, each live process's CPU time (user + system) and
+RSS, and the simulator's in-flight gauge per request kind. A process that exits keeps the CPU it
+had at its last sample (the error is at most one interval of its CPU, and processes only exit at
+shutdown). Peak RSS is the kernel's high-water mark (VmHWM) of each process, so it is exact up to the
+last sample.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+STARTUP_POLL_S = 0.02  # until the first request, to time start-up finely
+STEADY_POLL_S = 0.25
+
+
+def role_of(proc: psutil.Process, root_pid: int) -> str:
+    """A short, stable name for what a process is: driver, raylet, an actor's class, ..."""
+    if proc.pid == root_pid:
+        return "driver"
+    try:
+        cmdline = proc.cmdline()
+        name = proc.name()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return "unknown"
+    head = cmdline[0] if cmdline else name
+    if head.startswith("ray::"):  # a Ray worker sets its process title to ray::<task or actor>
+        title = " ".join(cmdline).strip()
+        return "worker " + title[len("ray::") :].split(" ")[0][:80]
+    text = " ".join(cmdline)
+    if "default_worker.py" in text:
+        return "worker (starting)"
+    for key in ("gcs_server", "raylet", "dashboard", "log_monitor", "runtime_env", "monitor.py"):
+        if key in text:
+            return key.removesuffix(".py")
+    if "multiprocess" in text or "multiprocessing" in text:
+        return "mp-child"
+    return name
+
+
+@dataclass
+class ProcInfo:
+    role: str
+    cpu_s: float = 0.0
+    peak_rss: int = 0
+
+
+@dataclass
+class Sample:
+    t: float  # seconds since the run's process started
+    cpu_s: float  # CPU of the whole tree so far (live and exited processes)
+    in_flight: dict[str, int]  # simulator gauge per kind
+    requests: int  # requests the simulator has received
+    rss_total: int
+
+
+@dataclass
+class RunMonitor:
+    """Samples a process tree and a simulator until `stop()`."""
+
+    root_pid: int
+    t0: float
+    simulator: object | None = None  # a backtrans.simulator.SimulatorProcess
+    interval: float = STEADY_POLL_S
+    procs: dict[int, ProcInfo] = field(default_factory=dict)
+    samples: list[Sample] = field(default_factory=list)
+    first_request_t: float | None = None
+    last_request_t: float | None = None  # last time the request count changed
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _handles: dict[int, psutil.Process] = field(default_factory=dict)
+    on_first_request: object | None = None  # callback(monitor) once requests flow
+
+    def start(self) -> RunMonitor:
+        self._thread = threading.Thread(target=self._loop, name="bench-monitor", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    # -- sampling
+    def _tree(self) -> list[psutil.Process]:
+        try:
+            root = self._handles.get(self.root_pid) or psutil.Process(self.root_pid)
+            self._handles[self.root_pid] = root
+            found = [root, *root.children(recursive=True)]
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            return []
+        out = []
+        for proc in found:
+            known = self._handles.get(proc.pid)
+            if known is None:  # reuse handles: psutil caches per-object and checks pid reuse
+                self._handles[proc.pid] = proc
+                known = proc
+            out.append(known)
+        return out
+
+    def _sample_procs(self) -> int:
+        rss_total = 0
+        for proc in self._tree():
+            try:
+                times = proc.cpu_times()
+                rss, hwm = _rss_and_peak(proc.pid)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+                continue
+            info = self.procs.get(proc.pid)
+            if info is None:
+                info = self.procs[proc.pid] = ProcInfo(role_of(proc, self.root_pid))
+            elif info.role.startswith("worker") or info.role == "unknown":
+                # a worker's title changes as it starts, becomes an actor or runs a task; keep the
+                # last one that names a task or actor
+                role = role_of(proc, self.root_pid)
+                if role not in ("unknown", "worker IDLE") or info.role in ("unknown", "worker (starting)"):
+                    info.role = role
+            info.cpu_s = times.user + times.system
+            info.peak_rss = max(info.peak_rss, hwm)
+            rss_total += rss
+        return rss_total
+
+    def _sample_simulator(self) -> tuple[dict[str, int], int]:
+        if self.simulator is None:
+            return {}, 0
+        try:
+            stats = self.simulator.stats()
+        except OSError:
+            return {}, 0
+        gauges = {kind: g["in_flight"] for kind, g in stats["by_kind_in_flight"].items()}
+        return gauges, stats["total_requests"]
+
+    def _loop(self) -> None:
+        last_requests = 0
+        while not self._stop.is_set():
+            in_flight, requests = self._sample_simulator()
+            now = time.monotonic() - self.t0
+            if requests and self.first_request_t is None:
+                self.first_request_t = now
+                if self.on_first_request is not None:
+                    with contextlib.suppress(Exception):
+                        self.on_first_request(self)
+            if requests != last_requests:
+                self.last_request_t = now
+                last_requests = requests
+            if self.first_request_t is None and len(self.samples) % 10:
+                # before the first request: poll the simulator often, the process tree rarely
+                time.sleep(STARTUP_POLL_S)
+                self.samples.append(Sample(now, self.cpu_total(), in_flight, requests, 0))
+                continue
+            rss_total = self._sample_procs()
+            self.samples.append(Sample(now, self.cpu_total(), in_flight, requests, rss_total))
+            self._stop.wait(self.interval if self.first_request_t is not None else STARTUP_POLL_S)
+
+    # -- results
+    def cpu_total(self) -> float:
+        return sum(info.cpu_s for info in self.procs.values())
+
+    def cpu_by_role(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for info in self.procs.values():
+            key = _group(info.role)
+            out[key] = out.get(key, 0.0) + info.cpu_s
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+    def peak_rss_by_role(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for info in self.procs.values():
+            out[info.role] = max(out.get(info.role, 0), info.peak_rss)
+        return out
+
+    def cpu_at(self, t: float) -> float:
+        """Tree CPU at the last sample at or before `t` (the first sample if none)."""
+        best = self.samples[0].cpu_s if self.samples else 0.0
+        for sample in self.samples:
+            if sample.t > t:
+                break
+            if sample.rss_total:  # only samples that read the process tree
+                best = sample.cpu_s
+        return best
+
+
+def _group(role: str) -> str:
+    """Roles grouped for the CPU breakdown: one entry per actor class or system process."""
+    if role.startswith("worker "):
+        title = role[len("worker ") :]
+        if "(" in title:  # MapWorker(MapBatches(GenerateStage)) -> MapWorker(MapBatches(GenerateStage))
+            return "worker " + title
+        return "worker " + title.split(".")[-1]
+    return role
+
+
+def _rss_and_peak(pid: int) -> tuple[int, int]:
+    """(current RSS, peak RSS so far) in bytes, from the kernel's VmRSS and VmHWM counters.
+
+    VmHWM is the exact high-water mark of the process's resident set, so a short spike between
+    two samples is not missed.
+    """
+    rss = hwm = 0
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmRSS:"):
+                rss = int(line.split()[1]) * 1024
+            elif line.startswith(b"VmHWM:"):
+                hwm = int(line.split()[1]) * 1024
+    return rss, max(hwm, rss)
