@@ -69,3 +69,24 @@ def assert_scores_match_simulator(table) -> None:
     for row in table.to_pylist():
         assert row["score"] == expected_score(row["instruction"], row["generation"]), row
         assert parse_verdict(row["reason"] + "\nScore: 1").score == 1  # reason holds no score line itself
+
+
+def write_pairs_jsonl(
+    path: Path, rows: int, *, long_rows: tuple[int, ...] = (), empty_rows: tuple[int, ...] = ()
+) -> Path:
+    """(instruction, generation) pairs for a score-only run; some rows can be made long or empty."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(rows):
+            instruction = "" if i in empty_rows else f"What is fact {i}?"
+            generation = ("word " * 2000) if i in long_rows else f"Fact {i} is a fact."
+            f.write(
+                json.dumps({"instruction": instruction, "generation": generation, "generation_model": "seed"}) + "\n"
+            )
+    return path
+
+
+def score_only_config(source: Path, output: Path, base_url: str, **score) -> JobConfig:
+    stage = {"backend": "openai", "base_url": base_url, "model": "judge-model", "max_concurrency": 8}
+    stage.update({"max_retries": 3, "timeout_s": 5, **score})
+    return JobConfig.model_validate({"source": {"uri": str(source)}, "score": stage, "output": {"path": str(output)}})
