@@ -24,15 +24,18 @@ from backtrans.metrics import start_metrics
 from backtrans.output import OutputFolder, write_rows
 from backtrans.preflight import probe
 from backtrans.prompts import INSTRUCTION, SELF_CURATION, load_template
+from backtrans.resources import IO_CPUS
 from backtrans.sources import read_source, require_columns
 from backtrans.stages import ERROR_COLUMN, GenerateStage, LLMStage, ScoreStage, StageSpec
 from backtrans.summary import build_summary, write_summary
 
 logger = logging.getLogger("backtrans")
 
-ACTOR_CPUS = 0.25  # I/O-bound actors must never take every CPU, or Ray Data stalls (Ray issue #44687)
 ROWS_PER_BATCH = 16
 ASYNC_BATCHES_PER_TASK = 4  # Ray Data's default for async batch UDFs
+# Rows per stage task. A task's rows reach a shard only when the whole task is done, so this bounds
+# what a crash makes us pay for twice; one task runs all its batches at once.
+ROWS_PER_TASK = ROWS_PER_BATCH * ASYNC_BATCHES_PER_TASK
 STAGES: dict[str, type[LLMStage]] = {"generate": GenerateStage, "score": ScoreStage}
 DEFAULT_TEMPLATES = {"generate": INSTRUCTION, "score": SELF_CURATION}
 
@@ -115,13 +118,13 @@ def _add_stage(dataset: ray.data.Dataset, spec: StageSpec) -> ray.data.Dataset:
     # Ray Data runs at most ASYNC_BATCHES_PER_TASK batches of one task at once; run enough tasks
     # side by side in each actor that its slots stay full while finished batches leave.
     slots_per_actor = spec.config.max_concurrency // spec.config.actors
-    tasks_per_actor = math.ceil(2 * slots_per_actor / (ROWS_PER_BATCH * ASYNC_BATCHES_PER_TASK))
+    tasks_per_actor = math.ceil(slots_per_actor / ROWS_PER_TASK) + 1
     return dataset.map_batches(
         STAGES[spec.name],
         fn_constructor_args=(spec,),
         batch_size=ROWS_PER_BATCH,
         batch_format="pyarrow",
-        num_cpus=ACTOR_CPUS,
+        num_cpus=IO_CPUS,
         compute=ActorPoolStrategy(
             size=spec.config.actors,
             max_concurrent_calls_per_actor=tasks_per_actor,
@@ -179,6 +182,7 @@ def run_job(config: JobConfig) -> RunResult:
 
         metrics_name = f"backtrans-metrics-{uuid.uuid4().hex[:8]}"
         metrics = start_metrics(metrics_name)
+        dataset = dataset.repartition(target_num_rows_per_block=ROWS_PER_TASK)
         for name, stage in _active_stages(config).items():
             dataset = _add_stage(dataset, _stage_spec(name, stage, base_urls[name], metrics_name))
         try:

@@ -22,6 +22,7 @@ from ray.data.checkpoint import CheckpointConfig
 
 from backtrans.config import OutputConfig
 from backtrans.jsonl_datasource import ROW_ID_COLUMN
+from backtrans.resources import IO_CPUS
 
 SUMMARY_FILE = "run_summary.json"
 CARD_FILE = "README.md"
@@ -113,4 +114,4 @@ def write_rows(dataset: ray.data.Dataset, folder: OutputFolder, output: OutputCo
     kept.context.checkpoint_config = checkpoint_config(folder)
     sink_class = ParquetDatasink if ROW_ID_COLUMN in output.columns else _ParquetWithoutRowIds
     sink = sink_class(folder.data, min_rows_per_file=output.min_rows_per_file, dataset_uuid=kept._uuid)
-    kept.write_datasink(sink)
+    kept.write_datasink(sink, ray_remote_args={"num_cpus": IO_CPUS})

@@ -6,20 +6,22 @@ remove repetitive segments, and deduplicate. This module does that as Ray Data o
 
 1. per-row rules, in this order, each a pure function of the text (unit-testable without Ray):
    `empty`, `too_short` / `too_long`, `uppercase`, `boilerplate`, `repetitive`;
-2. exact dedup on a content hash, keeping the smallest `row_hash` of each group;
-3. near dedup: MinHash over word 5-gram shingles, LSH bands as keys; a row is removed when it shares
-   a band bucket with a row of smaller `row_hash` (see `_bucket_losers` for the approximation).
+2. exact dedup on a 64-bit content hash;
+3. near dedup: MinHash over word 5-gram shingles, LSH band keys; a row is removed when it shares a
+   band bucket with a row ranked before it (see `_bucket_losers` and `lsh_params` for the approximation).
+Of each group of duplicates the first row is kept: the smallest `keep_first_by` value, then `row_hash`.
 
 Every row is labelled with the first rule that removes it, in the column `filter_reason` (null: kept),
 so what each rule removed can be counted from the data (`count_reasons`) and the counts add up:
 rows in = kept + sum of removals. `filter_segments` drops the removed rows and counts them as they
-stream past (see `FilterCounter`).
+stream past (`FilterCounter`, a named actor).
 
-Dedup never collects rows on the driver. The dedup keys of the rows that pass the per-row rules go
-into a narrow (key, row_hash) table that is grouped on the workers by a hash shard of the key; the
-losers' ids come back as a (row_hash, reason) table that is joined onto the full rows. The input is
-therefore read twice (once for the keys, once for the rows); `.materialize()` it first when reading
-is the expensive part.
+Dedup never collects rows on the driver. The dedup keys of the rows that pass the per-row rules form a
+narrow (shard, key, row_hash, code) table, hash-shuffled by a 12-bit shard of the key so that each
+`map_groups` call sees whole buckets and finds the losers with numpy. The losers' ids (9 bytes each)
+become one sorted array in the object store that every row batch looks its ids up in (a broadcast
+join; no shuffle of the full rows). The input is therefore read twice, once for the keys and once for
+the rows; `.materialize()` it first when reading is the expensive part.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from backtrans.config import _Strict
 
@@ -62,7 +64,16 @@ class SegmentsConfig(_Strict):
     max_repetition: float = Field(default=0.3, gt=0, le=1)  # duplicate lines / sentences / 5-grams in one text
     boilerplate: bool = True  # navigation headers, link-heavy text, cookie banners
     max_uppercase_ratio: float = Field(default=0.5, gt=0, le=1)  # upper / cased letters
-    num_partitions: int = Field(default=16, ge=1)  # hash partitions of the dedup shuffles (more for big corpora)
+    # Of each group of duplicates keep the row with the smallest value here (ties: smallest row_hash).
+    # row_hash is arbitrary but stable across runs; a source's own order or date column keeps the first.
+    keep_first_by: str = ROW_ID_COLUMN
+    num_partitions: int = Field(default=16, ge=1)  # hash partitions of the dedup shuffle (more for big corpora)
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> SegmentsConfig:
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) is over max_chars ({self.max_chars})")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -274,7 +285,7 @@ def row_reason(text: str | None, config: SegmentsConfig) -> str | None:
 SHINGLE_WORDS = 5
 NUM_PERM = 256
 _SEED = 20230811  # fixed: the same text gets the same signature on every worker and every run
-_KEY_SHARDS = 1 << 12  # the dedup keys are grouped by shard = key >> 52, many buckets per group
+_SHARD_SHIFT = np.uint64(64 - 12)  # dedup keys are shuffled by a 12-bit shard: many buckets per group
 _EXACT, _NEAR = 1, 2  # dup codes, in rule order (a row that is both is counted as an exact duplicate)
 _DUP_REASONS = pa.array([None, EXACT_DUPLICATE, NEAR_DUPLICATE], pa.string())
 
@@ -412,51 +423,57 @@ def _row_reasons(batch: pa.Table, config: SegmentsConfig) -> list[str | None]:
 
 
 def _dedup_keys(batch: pa.Table, config: SegmentsConfig) -> pa.Table:
-    """One (shard, key, row_hash, code) row per dedup key of every row that passes the per-row rules."""
-    if ROW_ID_COLUMN not in batch.column_names:
-        raise ValueError(f"segments dedup needs the uint64 row id column {ROW_ID_COLUMN!r} from the source")
+    """One (shard, key, row_hash, dup_code[, rank]) row per dedup key of every row that passes the
+    per-row rules; `rank` is the `keep_first_by` column when that is not the row id itself."""
+    for column in {ROW_ID_COLUMN, config.keep_first_by}:
+        if column not in batch.column_names:
+            raise ValueError(f"segments dedup needs the column {column!r}; the data has {batch.column_names}")
     passing = np.flatnonzero(np.array([reason is None for reason in _row_reasons(batch, config)], dtype=bool))
     texts = _texts(batch, config.text_column).take(passing).to_pylist()
-    ids = batch[ROW_ID_COLUMN].take(passing).to_numpy().astype(np.uint64)
-    keys, codes, owners = [], [], []
+    owners = []  # for each key, the index of its row in `passing`
+    keys, codes = [], []
     if config.exact_dedup:
         keys.append(np.fromiter((content_hash(text) for text in texts), np.uint64, len(texts)))
         codes.append(np.full(len(texts), _EXACT, np.uint8))
-        owners.append(ids)
+        owners.append(np.arange(len(texts)))
     if config.near_dedup and texts:
         bands, rows = lsh_params(config.near_dup_threshold)
         near = band_keys(minhash_signatures(texts), bands, rows)
         keys.append(near.ravel())
         codes.append(np.full(near.size, _NEAR, np.uint8))
-        owners.append(np.repeat(ids, bands))
+        owners.append(np.repeat(np.arange(len(texts)), bands))
     key = np.concatenate(keys) if keys else np.empty(0, np.uint64)
-    return pa.table(
-        {
-            "shard": pa.array((key >> np.uint64(52)).astype(np.uint16)),
-            "key": pa.array(key, pa.uint64()),
-            ROW_ID_COLUMN: pa.array(np.concatenate(owners) if owners else key, pa.uint64()),
-            "dup_code": pa.array(np.concatenate(codes) if codes else np.empty(0, np.uint8), pa.uint8()),
-        }
-    )
+    rows_of_keys = pa.array(passing[np.concatenate(owners)] if owners else np.empty(0, np.int64))
+    table = {
+        "shard": pa.array((key >> _SHARD_SHIFT).astype(np.uint16)),
+        "key": pa.array(key, pa.uint64()),
+        ROW_ID_COLUMN: batch[ROW_ID_COLUMN].take(rows_of_keys).cast(pa.uint64()),
+        "dup_code": pa.array(np.concatenate(codes) if codes else np.empty(0, np.uint8), pa.uint8()),
+    }
+    if config.keep_first_by != ROW_ID_COLUMN:
+        table["rank"] = batch[config.keep_first_by].take(rows_of_keys)
+    return pa.table(table)
 
 
 def _bucket_losers(group: pa.Table) -> pa.Table:
-    """Every (row, code) that shares a bucket with a smaller row id: that row is a duplicate.
+    """Every (row, code) that shares a bucket with a row ranked before it: that row is a duplicate.
 
-    Called on one shard of keys, i.e. on whole buckets. This is a union over bucket collisions, not a
-    clustering: a row is removed when ANY bucket it is in holds a smaller id, so no two kept rows share
-    a bucket, and of each group of near-duplicates the smallest id is kept. In a chain A~B~C where only
-    neighbours are similar, B and C both go (C through B, though C and A may not be similar), as they
-    would with connected components. LSH is probabilistic: see `lsh_params` for the odds.
+    Called on one shard of keys, i.e. on whole buckets. Rows rank by `rank` (when present, nulls last)
+    then row id. This is a union over bucket collisions, not a clustering: a row goes when ANY bucket
+    it is in holds a row ranked before it, even one that goes itself. So no two kept rows share a
+    bucket and the first of each group of near-duplicates is kept, but in a chain A~B~C where only
+    neighbours are similar (A first), B and C both go though C may not be similar to A. LSH itself
+    is probabilistic: see `lsh_params` for the odds of a pair becoming a candidate.
     """
-    keys = group["key"].to_numpy()
-    ids = group[ROW_ID_COLUMN].to_numpy()
-    order = np.lexsort((ids, keys))
-    keys, ids, codes = keys[order], ids[order], group["dup_code"].to_numpy()[order]
+    sort_keys = [("key", "ascending")] + [("rank", "ascending")] * ("rank" in group.column_names)
+    order = pc.sort_indices(group, sort_keys=sort_keys + [(ROW_ID_COLUMN, "ascending")], null_placement="at_end")
+    keys = group["key"].take(order).to_numpy()
+    ids = group[ROW_ID_COLUMN].take(order).to_numpy()
+    codes = group["dup_code"].take(order).to_numpy()
     bucket_start = np.ones(len(keys), dtype=bool)
     bucket_start[1:] = keys[1:] != keys[:-1]
-    bucket_min = ids[np.flatnonzero(bucket_start)[np.cumsum(bucket_start) - 1]]
-    losing = ids != bucket_min  # never against itself, even if a source repeated an id
+    winner = ids[np.flatnonzero(bucket_start)[np.cumsum(bucket_start) - 1]]
+    losing = ids != winner  # never against itself, even if a source repeated an id
     return pa.table(
         {ROW_ID_COLUMN: pa.array(ids[losing], pa.uint64()), "dup_code": pa.array(codes[losing], pa.uint8())}
     )
@@ -502,7 +519,8 @@ def annotate_segments(dataset: ray.data.Dataset, config: SegmentsConfig) -> ray.
     dataset is lazy: it reads the input again and looks every row id up in that array (a broadcast
     join: 9 bytes per duplicate per node, against a shuffle of the full rows; Ray's shuffle
     `Dataset.join` would also need polars). So the input is read twice; `.materialize()` it first
-    when reading is the expensive part.
+    when reading is the expensive part, or when two reads may not give the same rows (a `limit`
+    without `preserve_order`): a row missing from the key pass cannot win or lose a bucket.
     """
     duplicates = None
     if config.exact_dedup or config.near_dedup:
@@ -511,8 +529,10 @@ def annotate_segments(dataset: ray.data.Dataset, config: SegmentsConfig) -> ray.
             .groupby("shard", num_partitions=config.num_partitions)
             .map_groups(_bucket_losers, batch_format="pyarrow")
         )
-        # Only ObjectRefs pass through the driver; the blocks stay in the object store.
-        duplicates = (_lookup_table.remote(*losers.to_arrow_refs()),)  # in a tuple: Ray passes it unresolved
+        # Only ObjectRefs pass through the driver; the blocks stay in the object store. (Materialized
+        # first: to_arrow_refs on a plan with no rows out would run it again to find a schema.)
+        blocks = losers.materialize().to_arrow_refs()
+        duplicates = (_lookup_table.remote(*blocks),)  # in a tuple: Ray passes the ref on unresolved
     return dataset.map_batches(
         _tag_rows, fn_kwargs={"config": config, "duplicates": duplicates}, batch_format="pyarrow"
     )

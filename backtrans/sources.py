@@ -22,6 +22,7 @@ import ray
 
 from backtrans.config import SourceConfig
 from backtrans.jsonl_datasource import ROW_ID_COLUMN, JsonlDatasource
+from backtrans.resources import IO_CPUS
 
 HF_PREFIX = "hf://"
 PARQUET_SUFFIXES = (".parquet",)
@@ -120,9 +121,9 @@ def resolve_files(source: SourceConfig) -> ResolvedFiles:
 
 def _read(files: ResolvedFiles, source: SourceConfig) -> ray.data.Dataset:
     if files.file_format == "parquet":
-        return ray.data.read_parquet(files.paths, filesystem=files.filesystem, include_row_hash=True)
+        return ray.data.read_parquet(files.paths, filesystem=files.filesystem, include_row_hash=True, num_cpus=IO_CPUS)
     return ray.data.read_datasource(
-        JsonlDatasource(files.paths, filesystem=files.filesystem, bad_lines=source.bad_lines)
+        JsonlDatasource(files.paths, filesystem=files.filesystem, bad_lines=source.bad_lines), num_cpus=IO_CPUS
     )
 
 

@@ -63,6 +63,7 @@ class Sample:
     in_flight: dict[str, int]  # simulator gauge per kind
     requests: int  # requests the simulator has received
     rss_total: int
+    driver_rss: int = 0
 
 
 @dataclass
@@ -81,6 +82,7 @@ class RunMonitor:
     _thread: threading.Thread | None = None
     _handles: dict[int, psutil.Process] = field(default_factory=dict)
     on_first_request: object | None = None  # callback(monitor) once requests flow
+    driver_rss: int = 0
 
     def start(self) -> RunMonitor:
         self._thread = threading.Thread(target=self._loop, name="bench-monitor", daemon=True)
@@ -111,6 +113,7 @@ class RunMonitor:
 
     def _sample_procs(self) -> int:
         rss_total = 0
+        self.driver_rss = 0
         for proc in self._tree():
             try:
                 times = proc.cpu_times()
@@ -129,6 +132,8 @@ class RunMonitor:
             info.cpu_s = times.user + times.system
             info.peak_rss = max(info.peak_rss, hwm)
             rss_total += rss
+            if proc.pid == self.root_pid:
+                self.driver_rss = rss
         return rss_total
 
     def _sample_simulator(self) -> tuple[dict[str, int], int]:
@@ -160,7 +165,7 @@ class RunMonitor:
                 self.samples.append(Sample(now, self.cpu_total(), in_flight, requests, 0))
                 continue
             rss_total = self._sample_procs()
-            self.samples.append(Sample(now, self.cpu_total(), in_flight, requests, rss_total))
+            self.samples.append(Sample(now, self.cpu_total(), in_flight, requests, rss_total, self.driver_rss))
             self._stop.wait(self.interval if self.first_request_t is not None else STARTUP_POLL_S)
 
     # -- results

@@ -83,9 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(ignore_reinit_error=True, log_to_driver=True)
     out = os.path.join(args.workdir, "out")
     score(generate(ray.data.read_json(args.rows))).write_parquet(out, mode="overwrite")
-    written = ray.data.read_parquet(out)
-    rows = written.count()
-    scored = rows - written.filter(expr="score is null").count() if rows else 0
+    import pyarrow.parquet as pq
+
+    scores = pq.read_table(out, columns=["score"]).column("score")
+    rows, scored = len(scores), len(scores) - scores.null_count
     print(json.dumps({"rows": rows, "scored": scored}), flush=True)
     return 0
 

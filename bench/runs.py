@@ -7,8 +7,10 @@ belong to that run alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -25,10 +27,6 @@ from bench.workload import job_config, write_job_config
 
 REPO = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024
-
-
-class RunFailed(RuntimeError):
-    pass
 
 
 def _env() -> dict[str, str]:
@@ -57,42 +55,149 @@ def measured_run(
     concurrency: int,
     workdir: Path,
     timeout_s: float,
+    stall_s: float = 120.0,
     profile: dict | None = None,
 ) -> dict:
-    """Run `argv_for(simulator_url)` against a fresh simulator; return the figures of the run."""
+    """Run `argv_for(simulator_url)` against a fresh simulator; return the figures of the run.
+
+    The run is ended (by its pids) when it exceeds `timeout_s`, or when no request reaches the
+    simulator for `stall_s` while it is not done; its figures are then those of the part that ran,
+    with `ended` saying why.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "run.log"
     sim = start_subprocess(SimulatorConfig(latency_ms=latency_ms, keep_log=False))
+    sim_proc = psutil.Process(sim.pid)
     profiler_threads: list[threading.Thread] = []
+    ended = None
     try:
         argv = argv_for(sim.url)
-        with log_path.open("w") as log:
+        with log_path.open("w") as log, (workdir / "stdout.txt").open("w") as out:
+            sim_cpu0 = _cpu(sim_proc)
+            host0 = psutil.cpu_times()
+            load0 = os.getloadavg()[0]
             t0 = time.monotonic()
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, env=_env(), cwd=REPO, text=True)
+            t0_wall = time.time()
+            proc = subprocess.Popen(argv, stdout=out, stderr=log, env=_env(), cwd=REPO)
             monitor = RunMonitor(proc.pid, t0, sim)
             if profile is not None:
                 monitor.on_first_request = lambda m: profiler_threads.append(_start_profilers(m, profile))
             monitor.start()
             try:
-                stdout, _ = proc.communicate(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                raise RunFailed(f"{system}: no result within {timeout_s:.0f} s; log tail:\n{_tail(log_path)}") from None
+                ended = _wait(proc, monitor, t0, timeout_s, stall_s)
             finally:
                 wall = time.monotonic() - t0
                 monitor.stop()
                 _end_leftovers(monitor)
+                host1 = psutil.cpu_times()
+                sim_cpu = _cpu(sim_proc) - sim_cpu0
         stats = sim.stats()
     finally:
         sim.stop()
     for thread in profiler_threads:
         thread.join(timeout=120)
-    if proc.returncode != 0:
-        raise RunFailed(f"{system}: exit code {proc.returncode}; log tail:\n{_tail(log_path)}")
-    with log_path.open("a") as log:
-        log.write("\n--- stdout ---\n" + stdout)
-    return _figures(system, n, latency_ms, concurrency, wall, monitor, stats, stdout)
+    stdout = (workdir / "stdout.txt").read_text(errors="replace")
+    if ended is None and proc.returncode != 0:
+        ended = f"exit code {proc.returncode}"
+    figures = _figures(system, n, latency_ms, concurrency, wall, monitor, stats, stdout)
+    figures["phases"] = _phases(log_path, t0_wall, monitor)
+    busy = _busy(host1) - _busy(host0)
+    figures["host"] = {
+        "load_avg_1m_before": round(load0, 2),
+        "load_avg_1m_after": round(os.getloadavg()[0], 2),
+        "busy_cpu_s": round(busy, 1),
+        "simulator_cpu_s": round(sim_cpu, 1),
+        # CPU that neither the run nor the simulator spent: other work on the machine
+        "other_cpu_s": round(max(0.0, busy - figures["cpu_s"] - sim_cpu), 1),
+    }
+    if ended is not None:
+        figures["ended"] = ended
+        figures["log_tail"] = _tail(log_path, 8)
+        # rows known to be done: scoring requests the simulator answered
+        done = stats["by_kind"]["score"] - stats["by_kind_in_flight"]["score"]["in_flight"]
+        figures["rows_done"] = done
+        figures["rows_per_s"] = round(done / wall, 1)
+        figures["fraction_of_limit"] = round(done / wall / figures["limit_rows_per_s"], 3)
+    return figures
+
+
+LOG_STAMP = re.compile(r"^\[?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")
+PHASE_MARKS = (  # (phase name, text of the Ray log line that ends it), first occurrence
+    ("ray_init", "Started a local Ray instance"),
+    ("first_dataset_execution", "Starting execution of Dataset"),
+    ("data_written", "Data sink"),
+)
+
+
+def _phases(log_path: Path, t0_wall: float, monitor: RunMonitor) -> dict:
+    """When, in seconds since the process started, the run passed the marks Ray logs."""
+    from datetime import datetime
+
+    phases: dict[str, float] = {}
+    executions = []
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return phases
+    for line in lines:
+        match = LOG_STAMP.match(line)
+        if match is None:
+            continue
+        at = datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").timestamp() - t0_wall
+        if "Starting execution of Dataset" in line:
+            executions.append(round(at, 2))
+        for name, text in PHASE_MARKS:
+            if text in line and name not in phases:
+                phases[name] = round(at, 2)
+    if executions:
+        phases["dataset_executions_started"] = executions
+    if monitor.first_request_t is not None:
+        phases["first_request"] = round(monitor.first_request_t, 2)
+    if monitor.last_request_t is not None:
+        phases["last_request"] = round(monitor.last_request_t, 2)
+    return phases
+
+
+def _cpu(proc: psutil.Process) -> float:
+    try:
+        times = proc.cpu_times()
+    except psutil.Error:
+        return 0.0
+    return times.user + times.system
+
+
+def _busy(times) -> float:
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+def _wait(proc: subprocess.Popen, monitor: RunMonitor, t0: float, timeout_s: float, stall_s: float) -> str | None:
+    """Wait for the run's process; None when it exits by itself, else why it was ended."""
+    while True:
+        try:
+            proc.wait(timeout=1.0)
+            return None
+        except subprocess.TimeoutExpired:
+            pass
+        now = time.monotonic() - t0
+        reason = None
+        if now > timeout_s:
+            reason = f"timed out after {timeout_s:.0f} s"
+        else:
+            last = monitor.last_request_t if monitor.last_request_t is not None else 0.0
+            idle = now - last
+            if idle > stall_s:
+                reason = f"stalled: no request for {idle:.0f} s"
+        if reason is not None:
+            try:
+                tree = psutil.Process(proc.pid).children(recursive=True)
+            except psutil.Error:
+                tree = []
+            proc.kill()
+            proc.wait()
+            for child in tree:  # the run's own Ray processes, by pid
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
+            return reason
 
 
 def _end_leftovers(monitor: RunMonitor) -> None:
@@ -120,16 +225,18 @@ def _figures(system, n, latency_ms, concurrency, wall, monitor: RunMonitor, stat
     in_flight = {}
     for kind in ("generate", "score"):
         gauge = stats["by_kind_in_flight"][kind]
-        steady = _steady(monitor, kind, first, window)
+        steady = _steady(monitor, kind, first, window, concurrency)
         in_flight[kind] = {
             "max": gauge["max_in_flight"],
             "mean": round(gauge["mean_in_flight"], 2),
-            "steady_median": steady[0],
-            "steady_at_cap": steady[1],
+            "steady_mean": steady[0],
+            "steady_median": steady[1],
+            "steady_at_cap": steady[2],
             "requests": stats["by_kind"][kind],
         }
     peaks = monitor.peak_rss_by_role()
-    workers = {role: rss for role, rss in peaks.items() if role.startswith("worker")}
+    system_roles = {"driver", "gcs_server", "raylet", "dashboard", "log_monitor", "runtime_env", "monitor"}
+    workers = {role: rss for role, rss in peaks.items() if role not in system_roles}
     largest = max(workers.items(), key=lambda kv: kv[1]) if workers else ("", 0)
     result = _last_json_line(stdout)
     return {
@@ -163,23 +270,34 @@ def _figures(system, n, latency_ms, concurrency, wall, monitor: RunMonitor, stat
     }
 
 
-def _steady(monitor: RunMonitor, kind: str, first, window) -> tuple[float | None, float | None]:
-    """Median in-flight, and the share of samples at the cap's value or above, in the middle 80%."""
+def _steady(monitor: RunMonitor, kind: str, first, window, cap: int) -> tuple:
+    """Mean and median of the sampled in-flight gauge, and the share of samples at the cap C,
+    over the middle 80% of the request window (the steady state, without ramp-up and drain)."""
     if not window:
-        return None, None
+        return None, None, None
     lo, hi = first + 0.1 * window, first + 0.9 * window
     values = [s.in_flight.get(kind, 0) for s in monitor.samples if lo <= s.t <= hi and s.in_flight]
     if not values:
-        return None, None
-    top = max(values)
-    return statistics.median(values), round(sum(v >= top for v in values) / len(values), 3)
+        return None, None, None
+    return (
+        round(statistics.fmean(values), 1),
+        statistics.median(values),
+        round(sum(v >= cap for v in values) / len(values), 3),
+    )
 
 
 def _timeline(monitor: RunMonitor, points: int = 400) -> list[list[float]]:
-    samples = [s for s in monitor.samples if s.in_flight]
+    """[t, in flight generate, in flight score, requests so far, driver RSS MB] per kept sample."""
+    samples = [s for s in monitor.samples if s.in_flight and s.rss_total]
     step = max(1, len(samples) // points)
     return [
-        [round(s.t, 2), s.in_flight.get("generate", 0), s.in_flight.get("score", 0), s.requests]
+        [
+            round(s.t, 2),
+            s.in_flight.get("generate", 0),
+            s.in_flight.get("score", 0),
+            s.requests,
+            round(s.driver_rss / MB, 1),
+        ]
         for s in samples[::step]
     ]
 
@@ -220,7 +338,8 @@ def run_backtrans(
         timeout_s=timeout_s,
         profile=profile,
     )
-    figures["output"] = _backtrans_output(out)
+    if "ended" not in figures:
+        figures["output"] = _backtrans_output(out)
     _check_rows(figures, n)
     return figures
 
@@ -265,7 +384,7 @@ def run_distilabel(rows: Path, n: int, latency_ms: float, concurrency: int, work
 
 
 def run_raydata_llm(
-    rows: Path, n: int, latency_ms: float, concurrency: int, workdir: Path, *, timeout_s, num_cpus=None
+    rows: Path, n: int, latency_ms: float, concurrency: int, workdir: Path, *, timeout_s, num_cpus=None, stall_s=120.0
 ) -> dict:
     def argv(url: str) -> list[str]:
         extra = [] if num_cpus is None else ["--num-cpus", str(num_cpus)]
@@ -284,9 +403,16 @@ def run_raydata_llm(
             *extra,
         ]
 
-    name = "ray.data.llm" if num_cpus is None else f"ray.data.llm (num_cpus={num_cpus})"
+    name = "ray.data.llm"
     figures = measured_run(
-        name, argv, n=n, latency_ms=latency_ms, concurrency=concurrency, workdir=workdir, timeout_s=timeout_s
+        name,
+        argv,
+        n=n,
+        latency_ms=latency_ms,
+        concurrency=concurrency,
+        workdir=workdir,
+        timeout_s=timeout_s,
+        stall_s=stall_s,
     )
     _check_rows(figures, n)
     return figures

@@ -4,6 +4,7 @@ The sample's README lists which documents were built to fail which filter; the R
 is removed by that rule (and only those), that the counts add up, and that the counter agrees with the data.
 """
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -67,18 +68,27 @@ def _category_of_each_id() -> dict[str, str]:
     return categories
 
 
+def _original_of_each_duplicate() -> dict[str, str]:
+    text = (DATA / "README.md").read_text(encoding="utf-8")
+    return dict(re.findall(r"^\| (doc-\d{4}) \| (doc-\d{4}) \|", text, flags=re.MULTILINE))
+
+
 CATEGORIES = _category_of_each_id()
+DUPLICATE_OF = _original_of_each_duplicate()
 EXPECTED = {"empty": 4, "too_short": 10, "too_long": 8, "uppercase": 6, "boilerplate": 10, "repetitive": 6}
 EXPECTED |= {"exact_duplicate": 12, "near_duplicate": 8}
 
 
-def test_the_readme_table_was_read():
+def test_the_readme_tables_were_read():
     assert Counter(CATEGORIES.values()) == EXPECTED
+    assert len(DUPLICATE_OF) == 20 and DUPLICATE_OF["doc-0014"] == "doc-0011"
 
 
 def test_config_is_strict():
     with pytest.raises(ValidationError, match="extra"):
         SegmentsConfig(min_char=10)
+    with pytest.raises(ValidationError, match="min_chars"):
+        SegmentsConfig(min_chars=4000)
     assert SegmentsConfig().model_dump()["near_dup_threshold"] == 0.8
 
 
@@ -173,8 +183,6 @@ def test_rules_apply_in_order_and_can_be_switched_off():
 
 
 def test_per_row_rules_on_the_sample_match_its_readme():
-    import json
-
     config = SegmentsConfig()
     for line in SAMPLE.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
@@ -216,39 +224,41 @@ def test_minhash_estimates_jaccard_and_near_duplicates_share_a_band():
     assert (short[0] == short[1]).all() and not (short[0] == short[2]).all()
 
 
-def test_a_row_loses_a_bucket_only_to_a_smaller_id():
-    group = pa.table(
-        {
-            "shard": pa.array([0] * 7, pa.uint16()),
-            "key": pa.array([5, 5, 5, 9, 9, 7, 7], pa.uint64()),
-            "row_hash": pa.array([30, 10, 20, 40, 30, 50, 50], pa.uint64()),
-            "dup_code": pa.array([2, 2, 2, 2, 2, 1, 1], pa.uint8()),
-        }
-    )
+def _losers(**columns) -> list[tuple[int, int]]:
+    group = pa.table({"shard": pa.array([0] * len(columns["key"]), pa.uint16())} | columns)
     losers = segments._bucket_losers(group)
-    assert sorted(zip(losers["row_hash"].to_pylist(), losers["dup_code"].to_pylist(), strict=True)) == [
-        (20, 2),
-        (30, 2),
-        (40, 2),
-    ]  # 10 wins bucket 5, 30 wins bucket 9 (though it lost 5), a repeated id 50 never loses to itself
+    return sorted(zip(losers["row_hash"].to_pylist(), losers["dup_code"].to_pylist(), strict=True))
+
+
+def test_a_row_loses_a_bucket_only_to_a_row_ranked_before_it():
+    columns = {
+        "key": pa.array([5, 5, 5, 9, 9, 7, 7], pa.uint64()),
+        "row_hash": pa.array([30, 10, 20, 40, 30, 50, 50], pa.uint64()),
+        "dup_code": pa.array([2, 2, 2, 2, 2, 1, 1], pa.uint8()),
+    }
+    # 10 wins bucket 5; 30 wins bucket 9 though it lost bucket 5; a repeated id 50 never loses to itself.
+    assert _losers(**columns) == [(20, 2), (30, 2), (40, 2)]
+    # Ranked by another column first (nulls last), row ids only break ties.
+    ranks = pa.array(["doc-3", "doc-9", "doc-1", "doc-2", None, "doc-5", "doc-5"])
+    assert _losers(**columns, rank=ranks) == [(10, 2), (30, 2), (30, 2)]
 
 
 # --- the whole filter on Ray ------------------------------------------------------------------------------
 
 
+def _read_sample() -> ray.data.Dataset:
+    return ray.data.read_datasource(JsonlDatasource([str(SAMPLE)]))
+
+
 @pytest.mark.usefixtures("local_ray")
-def test_sample_filter_counts_match_the_readme():
-    dataset = ray.data.read_datasource(JsonlDatasource([str(SAMPLE)]))
-    annotated = annotate_segments(dataset, SegmentsConfig()).materialize()
+def test_sample_filter_matches_the_readme_and_the_counts_add_up():
+    # The sample's ids are in file order, so keeping the smallest id keeps the earlier document.
+    annotated = annotate_segments(_read_sample(), SegmentsConfig(keep_first_by="id")).materialize()
 
     reasons = {row["id"]: row[REASON_COLUMN] for row in annotated.select_columns(["id", REASON_COLUMN]).take_all()}
     assert len(reasons) == 220
-    wrong = {
-        doc_id: (reason, CATEGORIES.get(doc_id))
-        for doc_id, reason in reasons.items()
-        if reason != CATEGORIES.get(doc_id)
-    }
-    assert not wrong  # every document is removed by the rule it was built to fail, and the good ones are kept
+    wrong = {doc: (reason, CATEGORIES.get(doc)) for doc, reason in reasons.items() if reason != CATEGORIES.get(doc)}
+    assert not wrong  # every document is removed by the rule it was built to fail; the good ones are all kept
 
     expected = {"rows_in": 220, "kept": 156, "removed": {reason: EXPECTED[reason] for reason in REASONS}}
     assert count_reasons(annotated) == expected
@@ -256,20 +266,39 @@ def test_sample_filter_counts_match_the_readme():
     kept, counter = drop_removed(annotated)
     rows = kept.take_all()
     assert counter.counts() == expected
+    assert expected["rows_in"] == expected["kept"] + sum(expected["removed"].values())
     assert set(rows[0]) == {"id", "url", "text", "row_hash"}
     kept_ids = {row["id"] for row in rows}
     assert len(rows) == len(kept_ids) == 156
     assert not kept_ids & set(CATEGORIES)
-    # Of each duplicate pair the earlier document (the smaller row id here) is the one kept.
-    assert {"doc-0011", "doc-0025", "doc-0010", "doc-0030", "doc-0009", "doc-0131", "doc-0155"} <= kept_ids
+    assert set(DUPLICATE_OF.values()) <= kept_ids  # the originals
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_by_default_the_copy_with_the_smallest_row_hash_is_kept():
+    kept, counter = filter_segments(_read_sample(), SegmentsConfig(num_partitions=4))
+    rows = {row["id"]: row["row_hash"] for row in kept.select_columns(["id", "row_hash"]).take_all()}
+    counts = counter.counts()
+    assert counts["kept"] == len(rows) == 156
+    assert counts["removed"]["exact_duplicate"] == 12 and counts["removed"]["near_duplicate"] == 8
+    everyone = {row["id"]: row["row_hash"] for row in _read_sample().select_columns(["id", "row_hash"]).take_all()}
+    for copy, original in DUPLICATE_OF.items():
+        first = min((copy, original), key=everyone.get)
+        assert first in rows and ({copy, original} - {first}).isdisjoint(rows), (copy, original)
 
 
 @pytest.mark.usefixtures("local_ray")
 def test_filter_without_duplicates_or_dedup():
-    texts = [PROSE, PROSE.replace("flour", "meal"), "too short", "x" * 700 + " " + PROSE]
+    history = OTHER + (
+        " Delegations from France, Sweden, Spain, the Dutch Republic and the many states of the Holy Roman Empire"
+        " attended, and the settlement redrew borders, recognised Swiss independence and confirmed religious terms."
+        " Envoys travelled for weeks to reach the towns, and questions of precedence delayed the opening sessions."
+    )
+    texts = [PROSE, PROSE.replace("flour", "meal"), "too short", history]
     items = [{"text": text, "row_hash": np.uint64(i + 1)} for i, text in enumerate(texts)]
-    dataset = ray.data.from_items(items)
-    config = SegmentsConfig(near_dup_threshold=0.95)  # the meal/flour pair is ~0.8 similar: not a duplicate here
+    dataset = ray.data.from_items(items, override_num_blocks=1)
+    # No duplicates at all (the meal/flour pair is ~0.77 similar, under 0.95): the dedup still runs.
+    config = SegmentsConfig(near_dup_threshold=0.95, num_partitions=2)
     kept, counter = filter_segments(dataset, config)
     assert sorted(row["row_hash"] for row in kept.take_all()) == [1, 2, 4]
     assert counter.counts()["removed"]["too_short"] == 1 and counter.counts()["rows_in"] == 4

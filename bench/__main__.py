@@ -1,0 +1,190 @@
+"""`python -m bench`: throughput, client CPU, memory and start-up of the job against its limit and its peers.
+
+    python -m bench                          # everything (about 15 minutes on 2 cores)
+    python -m bench --quick                  # one small run per regime (about 4 minutes)
+    python -m bench --regime saturation --n 2000
+    python -m bench --regime peers --peer-n 1000
+    python -m bench --report-only            # rebuild BENCHMARKS.md and the plot from bench/results.json
+
+Each run is a fresh process with its own local Ray session, talking to a fresh simulator subprocess
+(`keep_log=False`) with a fixed latency. Figures are merged into bench/results.json (a run replaces
+the earlier run with the same key), then BENCHMARKS.md and bench/throughput.png are written from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import report
+from bench.runs import REPO, run_backtrans, run_distilabel, run_raydata_llm
+from bench.workload import write_rows
+
+REGIMES = ("saturation", "overhead", "peers", "client")
+PEERS = ("distilabel", "ray.data.llm")
+RESULTS = REPO / "bench" / "results.json"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--regime", action="append", choices=REGIMES, help="run only these (repeatable)")
+    parser.add_argument("--quick", action="store_true", help="small N everywhere: a smoke run of every regime")
+    parser.add_argument("--n", type=int, action="append", help="saturation N (repeatable; default 2000 20000 100000)")
+    parser.add_argument("--overhead-n", type=int, default=20_000)
+    parser.add_argument("--peer-n", type=int, default=2_000, help="rows for each peer (default 2000)")
+    parser.add_argument("--peer", action="append", choices=PEERS, help="only these peers (repeatable)")
+    parser.add_argument("--concurrency", type=int, default=64, help="C, max in flight per stage")
+    parser.add_argument("--saturation-latency-ms", type=float, default=250.0)
+    parser.add_argument("--overhead-latency-ms", type=float, default=20.0)
+    parser.add_argument("--actors", type=int, default=None, help="stage actors (default: the config's default)")
+    parser.add_argument("--budget-s", type=float, default=840.0, help="wall-clock budget for all runs")
+    parser.add_argument("--profile", action="store_true", help="add a py-spy profiled overhead run (not timed)")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--report", type=Path, default=REPO / "BENCHMARKS.md")
+    parser.add_argument("--plot", type=Path, default=REPO / "bench" / "throughput.png")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep rows, outputs and logs here")
+    return parser
+
+
+def _load(path: Path) -> dict:
+    if path.exists():
+        return json.loads(path.read_text())
+    return {"runs": {}, "client": {}, "profiles": {}, "environment": {}}
+
+
+def _save(path: Path, results: dict) -> None:
+    path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+
+
+def _plan(args) -> list[tuple]:
+    """(key, regime, system, n, latency_ms, extra) in the order they run: cheap and central first,
+    the N=100,000 run last, so it gets what is left of the budget."""
+    regimes = args.regime or list(REGIMES)
+    sat_n = args.n or ([2_000] if args.quick else [2_000, 20_000, 100_000])
+    overhead_n = 2_000 if args.quick else args.overhead_n
+    peer_n = 500 if args.quick else args.peer_n
+    peers = args.peer or list(PEERS)
+    sat_l, over_l = args.saturation_latency_ms, args.overhead_latency_ms
+    plan = []
+    if "saturation" in regimes:
+        plan += [(f"saturation/backtrans/{n}", "saturation", "backtrans", n, sat_l, {}) for n in sorted(sat_n)]
+    if "overhead" in regimes:
+        plan.append((f"overhead/backtrans/{overhead_n}", "overhead", "backtrans", overhead_n, over_l, {}))
+    if "peers" in regimes:
+        if "distilabel" in peers:
+            plan.append((f"overhead/distilabel/{peer_n}", "overhead", "distilabel", peer_n, over_l, {}))
+        if "ray.data.llm" in peers:
+            # as its docs say for C in flight (concurrency=C, Ray Data's default of 1 CPU per actor)
+            plan.append((f"overhead/ray.data.llm/{peer_n}", "overhead", "ray.data.llm", peer_n, over_l, {}))
+            # the same with the fractional CPU the project gives its actors, so that it can run here
+            plan.append(
+                (f"overhead/ray.data.llm-0.25cpu/{peer_n}", "overhead", "ray.data.llm", peer_n, over_l, {"cpus": 0.25})
+            )
+    plan.sort(key=lambda item: item[3] >= 100_000)  # the long saturation run goes last
+    if args.profile:
+        plan.append(("profile/backtrans", "profile", "backtrans", min(overhead_n, 5_000), over_l, {}))
+    return plan
+
+
+def _run_one(item, args, workdir: Path, deadline: float, results: dict) -> dict | None:
+    key, regime, system, n, latency_ms, extra = item
+    remaining = deadline - time.monotonic()
+    if remaining < 30:
+        print(f"skip {key}: the --budget-s is spent", flush=True)
+        return None
+    rows = write_rows(workdir / f"rows-{n}.jsonl", n)
+    run_dir = workdir / key.replace("/", "-")
+    c = args.concurrency
+    print(f"run  {key} (L={latency_ms:g} ms, C={c}, budget left {remaining:.0f} s)", flush=True)
+    if system == "backtrans":
+        profile = None
+        if regime == "profile":
+            profile = {"dir": str(run_dir / "pyspy"), "delay_s": 3, "duration_s": 10}
+        figures = run_backtrans(
+            rows, n, latency_ms, c, run_dir, actors=args.actors, timeout_s=remaining, profile=profile
+        )
+        if profile is not None:
+            results["profiles"] = _profile_summaries(Path(profile["dir"]))
+            return None
+    elif system == "distilabel":
+        figures = run_distilabel(rows, n, latency_ms, c, run_dir, timeout_s=remaining)
+    else:
+        stall = 60.0
+        figures = run_raydata_llm(
+            rows, n, latency_ms, c, run_dir, timeout_s=remaining, num_cpus=extra.get("cpus"), stall_s=stall
+        )
+    figures["regime"] = regime
+    figures["key"] = key
+    figures["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    return figures
+
+
+def _profile_summaries(folder: Path) -> dict:
+    from bench.profile import summarize
+
+    out = {}
+    for file in sorted(folder.glob("*.txt")):
+        summary = summarize(file, top=12)
+        if summary["samples"]:
+            out[file.stem.split("-", 1)[1]] = summary
+    return out
+
+
+def _client_regime(args, results: dict) -> None:
+    from backtrans.simulator import SimulatorConfig, start_subprocess
+
+    n = 1_000 if args.quick else 5_000
+    with start_subprocess(SimulatorConfig(latency_ms=args.overhead_latency_ms, keep_log=False)) as sim:
+        for mode in ("endpoint", "sdk", "aiohttp"):
+            argv = [sys.executable, "-m", "bench.client", "--mode", mode, "--url", sim.url, "--n", str(n)]
+            argv += ["--c", str(args.concurrency)]
+            done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=300)
+            if done.returncode != 0:
+                results["client"][mode] = {"error": done.stderr.strip().splitlines()[-1:]}
+                continue
+            results["client"][mode] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"client {mode}: {results['client'][mode]}", flush=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.startup"], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+    if done.returncode == 0:
+        results["startup"] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"ray start-up floor: {results['startup']}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    results = _load(args.results)
+    if not args.report_only:
+        started = time.monotonic()
+        deadline = started + args.budget_s
+        results["environment"] = report.environment()
+        with tempfile.TemporaryDirectory(prefix="backtrans-bench-") as tmp:
+            workdir = args.workdir or Path(tmp)
+            workdir.mkdir(parents=True, exist_ok=True)
+            if "client" in (args.regime or REGIMES):
+                _client_regime(args, results)
+                _save(args.results, results)
+            for item in _plan(args):
+                figures = _run_one(item, args, workdir, deadline, results)
+                if figures is not None:
+                    results["runs"][figures["key"]] = figures
+                    print(report.one_line(figures), flush=True)
+                _save(args.results, results)
+        results["environment"]["bench_wall_s"] = round(time.monotonic() - started, 1)
+        _save(args.results, results)
+    print()
+    print(report.table(results))
+    report.write(results, args.report, args.plot)
+    print(f"\nwrote {args.report} and {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

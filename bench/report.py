@@ -1,0 +1,469 @@
+"""Turn bench/results.json into the printed table, BENCHMARKS.md and the plot."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+ANALYSIS = REPO / "bench" / "analysis.md"
+
+TARGETS = {
+    "saturation": 0.85,  # of C/L at N=20,000, whole run
+    "vs_distilabel": 4.0,  # overhead regime rows/s, times distilabel's
+    "cpu_ms_per_request": 1.0,
+    "memory_growth": 0.20,  # driver peak at N=100,000 over N=2,000
+    "startup_s": 10.0,
+}
+
+
+def _run(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=REPO).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def _version(module: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(module)
+    except Exception:  # noqa: BLE001 - not installed
+        return "not installed"
+
+
+def environment() -> dict:
+    return {
+        "date": _run(["date"]),
+        "nproc": _run(["nproc"]),
+        "free_g": _run(["free", "-g"]),
+        "python": platform.python_version(),
+        "ray": _version("ray"),
+        "openai": _version("openai"),
+        "distilabel": _version("distilabel"),
+        "git": _run(["git", "rev-parse", "--short", "HEAD"])
+        + (" (with uncommitted changes)" if _run(["git", "status", "--porcelain", "backtrans"]) else ""),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+# --------------------------------------------------------------------------- text
+
+
+def _f(value, fmt="{:.1f}", none="-") -> str:
+    return none if value is None else fmt.format(value)
+
+
+def _label(run: dict) -> str:
+    if run["regime"] == "saturation":
+        return f"saturation {run['system']}"
+    return f"overhead {run['system']}" + (" (num_cpus=0.25)" if "0.25cpu" in run["key"] else "")
+
+
+def one_line(run: dict) -> str:
+    gen, score = run["in_flight"]["generate"], run["in_flight"]["score"]
+    status = run.get("ended") or ("complete" if run.get("complete") else "INCOMPLETE output")
+    return (
+        f"     {run['key']}: {run['rows_per_s']} rows/s = {run['fraction_of_limit']:.2f} of C/L "
+        f"(steady {_f(run['window_fraction_of_limit'], '{:.2f}')}), "
+        f"start-up {_f(run['startup_to_first_request_s'])} s, "
+        f"in flight gen {gen['mean']}/{gen['max']} score {score['mean']}/{score['max']}, "
+        f"CPU {_f(run['cpu_ms_per_request'], '{:.2f}')} ms/req, driver {run['driver_peak_rss_mb']} MB; {status}"
+    )
+
+
+def _ordered(results: dict) -> list[dict]:
+    def key(run):
+        return (run["regime"] != "saturation", run["system"] != "backtrans", run["key"], run["n"])
+
+    return sorted(results["runs"].values(), key=key)
+
+
+def table(results: dict) -> str:
+    head = (
+        "| run | N | L ms | rows/s | of C/L | steady of C/L | start-up s | in flight gen: mean / steady / max "
+        "| in flight score: mean / steady / max | CPU ms/req (all / steady) | driver MB | largest worker MB | status |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for run in _ordered(results):
+        gen, score = run["in_flight"]["generate"], run["in_flight"]["score"]
+        status = run.get("ended") or ("ok" if run.get("complete") else "incomplete output")
+        lines.append(
+            f"| {_label(run)} | {run['n']:,} | {run['latency_ms']:g} | {run['rows_per_s']:.1f} "
+            f"| {run['fraction_of_limit']:.3f} | {_f(run['window_fraction_of_limit'], '{:.3f}')} "
+            f"| {_f(run['startup_to_first_request_s'])} "
+            f"| {gen['mean']:.1f} / {_f(gen['steady_median'], '{:g}')} / {gen['max']} "
+            f"| {score['mean']:.1f} / {_f(score['steady_median'], '{:g}')} / {score['max']} "
+            f"| {_f(run['cpu_ms_per_request'], '{:.2f}')} / {_f(run['cpu_window_ms_per_request'], '{:.2f}')} "
+            f"| {run['driver_peak_rss_mb']:.0f} | {run['largest_worker_peak_rss_mb']:.0f} | {status} |"
+        )
+    return "\n".join(lines)
+
+
+def _get(results: dict, key: str) -> dict | None:
+    return results["runs"].get(key)
+
+
+def _find(results: dict, regime: str, system: str, variant: str = "") -> dict | None:
+    found = [
+        r
+        for r in results["runs"].values()
+        if r["regime"] == regime and r["key"].split("/")[1] == system + variant and "ended" not in r
+    ]
+    return max(found, key=lambda r: r["n"]) if found else None
+
+
+def targets(results: dict) -> list[tuple[str, str, str, str]]:
+    """(target, measured, met?, note) rows."""
+    rows = []
+    sat = _get(results, "saturation/backtrans/20000")
+    if sat:
+        met = sat["fraction_of_limit"] >= TARGETS["saturation"] and "ended" not in sat
+        rows.append(
+            (
+                "saturation, N=20,000: rows/s >= 0.85 of C/L (whole run)",
+                f"{sat['fraction_of_limit']:.3f} ({sat['rows_per_s']:.1f} of {sat['limit_rows_per_s']:.0f} rows/s); "
+                f"steady {_f(sat['window_fraction_of_limit'], '{:.3f}')}",
+                "met" if met else "NOT met",
+                "",
+            )
+        )
+    over = _find(results, "overhead", "backtrans")
+    dist = _find(results, "overhead", "distilabel")
+    if over and dist:
+        ratio = over["rows_per_s"] / dist["rows_per_s"]
+        steady = (over["window_rows_per_s"] or 0) / (dist["window_rows_per_s"] or 1)
+        rows.append(
+            (
+                "overhead: rows/s >= 4x distilabel",
+                f"{ratio:.2f}x whole run ({over['rows_per_s']:.1f} at N={over['n']:,} vs {dist['rows_per_s']:.1f} "
+                f"at N={dist['n']:,}); {steady:.2f}x steady",
+                "met" if ratio >= TARGETS["vs_distilabel"] else "NOT met",
+                "",
+            )
+        )
+    if over:
+        cpu = over["cpu_ms_per_request"]
+        rows.append(
+            (
+                "client CPU <= 1 ms per request (driver + Ray session + actors)",
+                f"{cpu:.2f} ms whole run; {_f(over['cpu_window_ms_per_request'], '{:.2f}')} ms while requests flowed",
+                "met" if cpu <= TARGETS["cpu_ms_per_request"] else "NOT met",
+                "",
+            )
+        )
+    small, big = _get(results, "saturation/backtrans/2000"), _get(results, "saturation/backtrans/100000")
+    if small and big:
+        growth = big["driver_peak_rss_mb"] / small["driver_peak_rss_mb"] - 1
+        partial = f" (run {big['ended']}, {big.get('rows_done', 0):,} rows done)" if "ended" in big else ""
+        rows.append(
+            (
+                "driver peak RSS at N=100,000 within 20% of N=2,000",
+                f"{small['driver_peak_rss_mb']:.0f} MB -> {big['driver_peak_rss_mb']:.0f} MB ({growth:+.1%})"
+                f"{partial}; largest worker {small['largest_worker_peak_rss_mb']:.0f} -> "
+                f"{big['largest_worker_peak_rss_mb']:.0f} MB",
+                "met" if abs(growth) <= TARGETS["memory_growth"] else "NOT met",
+                "",
+            )
+        )
+    ours = [r for r in results["runs"].values() if r["system"] == "backtrans" and r["startup_to_first_request_s"]]
+    if ours:
+        worst = max(r["startup_to_first_request_s"] for r in ours)
+        best = min(r["startup_to_first_request_s"] for r in ours)
+        rows.append(
+            (
+                "start-up to first request < 10 s (local Ray)",
+                f"{best:.1f} to {worst:.1f} s over {len(ours)} runs",
+                "met" if worst < TARGETS["startup_s"] else "NOT met",
+                "",
+            )
+        )
+        c_max = max(max(r["in_flight"][k]["max"] for k in ("generate", "score")) for r in ours)
+        cap = ours[0]["concurrency"]
+        steady = [
+            r["in_flight"][k]["steady_median"]
+            for r in ours
+            if r["regime"] == "saturation"
+            for k in ("generate", "score")
+            if r["in_flight"][k]["steady_median"] is not None
+        ]
+        rows.append(
+            (
+                "in flight per stage never above C",
+                f"max {c_max} with C={cap}",
+                "met" if c_max <= cap else "NOT met",
+                "",
+            )
+        )
+        if steady:
+            rows.append(
+                (
+                    "in flight per stage at C in steady state (saturation runs, sampled median)",
+                    f"{min(steady):g} to {max(steady):g} with C={cap}",
+                    "met" if min(steady) >= cap else "NOT met",
+                    "",
+                )
+            )
+    return rows
+
+
+def _peers(results: dict) -> list[str]:
+    over = _find(results, "overhead", "backtrans")
+    lines = []
+    for _, run in sorted(results["runs"].items()):
+        if run["system"] == "backtrans" or run["regime"] != "overhead":
+            continue
+        if "ended" in run:
+            lines.append(
+                f"- **{_label(run)}**, N={run['n']:,}: {run['ended']} — "
+                f"{run.get('rows_done', 0)} rows done, {run['requests']} requests reached the simulator; "
+                f"max in flight gen {run['in_flight']['generate']['max']}, score {run['in_flight']['score']['max']}."
+            )
+            continue
+        ratio = f"; this project is {over['rows_per_s'] / run['rows_per_s']:.1f}x its rows/s" if over else ""
+        steady = (
+            f" ({over['window_rows_per_s'] / run['window_rows_per_s']:.1f}x steady)"
+            if over and run["window_rows_per_s"]
+            else ""
+        )
+        lines.append(
+            f"- **{_label(run)}**, N={run['n']:,}: {run['rows_per_s']:.1f} rows/s whole run, "
+            f"{_f(run['window_rows_per_s'])} steady; CPU {_f(run['cpu_ms_per_request'], '{:.2f}')} ms/request; "
+            f"mean in flight gen {run['in_flight']['generate']['mean']}, score {run['in_flight']['score']['mean']}"
+            f"{ratio}{steady}."
+        )
+    return lines
+
+
+def _cpu_breakdown(results: dict) -> list[str]:
+    lines = []
+    for run in _ordered(results):
+        if run["system"] != "backtrans":
+            continue
+        parts = ", ".join(f"{role} {cpu:.1f}" for role, cpu in list(run["cpu_by_role"].items())[:8])
+        host = run.get("host", {})
+        lines.append(
+            f"- {run['key']}: {run['cpu_s']:.1f} CPU-s for {run['requests']:,} requests ({parts}); "
+            f"simulator {host.get('simulator_cpu_s', '-')} CPU-s; other work on the machine "
+            f"{host.get('other_cpu_s', '-')} CPU-s (load {host.get('load_avg_1m_before', '-')} -> "
+            f"{host.get('load_avg_1m_after', '-')})"
+        )
+    return lines
+
+
+def _startup(results: dict) -> list[str]:
+    lines = [
+        "Seconds since the process started, from Ray's log lines and the simulator: `ray.init` done, the",
+        "Dataset executions started (the first one before the pipeline is `dataset.schema()` reading a",
+        "block), first request, last request, data written, process exit.",
+        "",
+        "| run | ray.init done | Dataset executions started | first request | last request | data written | exit |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for run in _ordered(results):
+        if run["system"] != "backtrans" or not run.get("phases"):
+            continue
+        p = run["phases"]
+        executions = ", ".join(f"{t:.1f}" for t in p.get("dataset_executions_started", []))
+        lines.append(
+            f"| {run['key']} | {_f(p.get('ray_init'))} | {executions or '-'} | {_f(p.get('first_request'))} "
+            f"| {_f(p.get('last_request'))} | {_f(p.get('data_written'))} | {run['wall_s']:.1f} |"
+        )
+    floor = results.get("startup")
+    if floor:
+        lines += [
+            "",
+            "The floor, Ray alone (`python -m bench.startup`, same machine, same bench run): "
+            f"`import ray` {floor['import_ray']:.1f} s, `ray.init()` done at {floor['ray_init']:.1f} s, "
+            f"a first 0.25-CPU task at {floor['first_task']:.1f} s; then a new actor whose constructor imports "
+            f"`openai` and builds an `AsyncOpenAI` takes {floor['actor_openai']:.1f} s to be ready, one that "
+            f"imports `aiohttp` {floor['actor_aiohttp']:.1f} s.",
+        ]
+    return lines
+
+
+def _client(results: dict) -> list[str]:
+    client = results.get("client") or {}
+    if not client:
+        return []
+    lines = ["| client (one process, no Ray) | CPU ms/request | requests/s |", "|---|---|---|"]
+    names = {
+        "endpoint": "`backtrans.endpoints.ChatEndpoint.complete` (openai SDK + Gate)",
+        "sdk": "`openai.AsyncOpenAI` + semaphore",
+        "aiohttp": "bare `aiohttp` POST + `json.loads`",
+    }
+    for mode, figures in client.items():
+        if "error" in figures:
+            lines.append(f"| {names.get(mode, mode)} | error: {figures['error']} | |")
+        else:
+            lines.append(
+                f"| {names.get(mode, mode)} | {figures['cpu_ms_per_request']:.2f} | {figures['requests_per_s']:.0f} |"
+            )
+    return lines
+
+
+def _profiles(results: dict) -> list[str]:
+    lines = []
+    for name, summary in (results.get("profiles") or {}).items():
+        lines.append(f"**{name}** ({summary['samples']} samples at 100 Hz over 10 s; share of on-CPU samples)")
+        lines.append("")
+        lines.append("| inclusive | function |")
+        lines.append("|---|---|")
+        shown = [
+            (f, s)
+            for f, s in summary["inclusive"]
+            if not f.startswith(("Thread.", "BaseEventLoop.", "Handle._run", "_bootstrap", "<module>"))
+        ]
+        for func, share in shown[:14]:
+            lines.append(f"| {share:.0%} | `{func}` |")
+        lines.append("")
+    return lines
+
+
+def markdown(results: dict, plot_name: str) -> str:
+    env = results.get("environment", {})
+    out = [
+        "# Benchmarks",
+        "",
+        "Generated by `python -m bench` (figures from `bench/results.json`; the analysis at the end is",
+        "`bench/analysis.md`). Not a test and not run in CI.",
+        "",
+        "## Machine and versions",
+        "",
+        f"- date: {env.get('date', '?')}; bench wall time {env.get('bench_wall_s', '?')} s",
+        f"- nproc: {env.get('nproc', '?')}; python {env.get('python', '?')}, ray {env.get('ray', '?')}, "
+        f"openai {env.get('openai', '?')}, distilabel {env.get('distilabel', '?')}; project at {env.get('git', '?')}",
+        f"- load average when the bench started: {env.get('load_avg_at_start', '?')} (the machine is shared; see "
+        "'other work' per run below)",
+        "",
+        "```",
+        env.get("free_g", ""),
+        "```",
+        "",
+        "## How to reproduce",
+        "",
+        "```bash",
+        'pip install -e ".[bench]"                # psutil, matplotlib, distilabel (peer); py-spy for --profile',
+        "python -m bench                          # all regimes, about 15 minutes on 2 cores",
+        "python -m bench --quick                  # small N everywhere",
+        "python -m bench --regime saturation --n 2000",
+        "python -m bench --regime peers --peer distilabel --peer-n 1000",
+        "python -m bench --regime overhead --profile   # adds py-spy profiles of the driver and stage actors",
+        "python -m bench --report-only            # rebuild this file and the plot from bench/results.json",
+        "```",
+        "",
+        "Each run is `python -m backtrans run JOB.yaml` (or a peer's script) as a fresh process with its own",
+        "local Ray session, against a fresh simulator subprocess (`keep_log=False`) with fixed latency L;",
+        "both stages (generate, score) use `backend: openai` at the simulator, `max_concurrency` C = 64.",
+        "Synthetic instructions are written to a JSONL file in a temp dir; output goes to a temp dir.",
+        "",
+        "- **rows/s** is N over the whole run: process start to exit, Ray start-up and shutdown included;",
+        "  **of C/L** divides it by Little's-law limit C/L rows/s. **steady** uses the request window",
+        "  instead (first request to last request + L).",
+        "- **in flight** comes from the simulator's gauges per request kind: time-weighted **mean** over the",
+        "  active window, the **steady** median of samples taken every 0.25 s in the middle 80% of the request",
+        "  window, and the **max** ever seen.",
+        "- **CPU** is user+system time of every process in the run's process tree (driver, GCS, raylet,",
+        "  dashboard, log monitor, every Ray worker and actor), sampled every 0.25 s with psutil; the",
+        "  simulator is outside the tree. 'all' divides the whole run's CPU by the requests; 'steady' only the",
+        "  CPU spent between the first and last request.",
+        "- **memory** is each process's kernel high-water mark (VmHWM): the driver's, and the largest",
+        "  worker's.",
+        "",
+        "## Figures",
+        "",
+        table(results),
+        "",
+        f"![in flight over time, fraction of C/L, memory]({plot_name})",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | |",
+        "|---|---|---|",
+    ]
+    out += [f"| {t} | {m} | {ok} |" for t, m, ok, _ in targets(results)]
+    out += ["", "## Peers (overhead regime, same machine, same run)", ""]
+    out += _peers(results) or ["- no peer runs in bench/results.json"]
+    out += ["", "## Start-up", ""]
+    out += _startup(results)
+    out += ["", "## Where the CPU goes (CPU-seconds by process)", ""]
+    out += _cpu_breakdown(results)
+    client = _client(results)
+    if client:
+        out += ["", "## Client cost per request without Ray (`bench/client.py`, L=20 ms, C=64)", ""]
+        out += client
+    profiles = _profiles(results)
+    if profiles:
+        out += ["", "## py-spy profiles of one overhead run (`--profile`)", ""]
+        out += profiles
+    if ANALYSIS.exists():
+        out += ["", ANALYSIS.read_text().strip(), ""]
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- plot
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    runs = _ordered(results)
+
+    ax = axes[0]
+    sat = [r for r in runs if r["regime"] == "saturation" and r["system"] == "backtrans"]
+    shown = next((r for r in sat if r["n"] == 20_000), sat[-1] if sat else None)
+    if shown:
+        t = [p[0] for p in shown["timeline"]]
+        ax.plot(t, [p[1] for p in shown["timeline"]], label="generate", lw=1)
+        ax.plot(t, [p[2] for p in shown["timeline"]], label="score", lw=1)
+        ax.axhline(shown["concurrency"], color="k", ls="--", lw=0.8, label=f"C = {shown['concurrency']}")
+        if shown["startup_to_first_request_s"]:
+            ax.axvline(shown["startup_to_first_request_s"], color="grey", ls=":", lw=0.8, label="first request")
+        ax.set_title(f"in flight per stage, saturation N={shown['n']:,}, L={shown['latency_ms']:g} ms")
+        ax.set_xlabel("seconds since the process started")
+        ax.set_ylabel("requests in flight (simulator)")
+        ax.legend(fontsize=8)
+
+    ax = axes[1]
+    labels = [f"{_label(r)}\nN={r['n']:,}" for r in runs]
+    whole = [r["fraction_of_limit"] for r in runs]
+    steady = [r["window_fraction_of_limit"] or 0 for r in runs]
+    x = range(len(runs))
+    ax.bar([i - 0.2 for i in x], whole, width=0.4, label="whole run")
+    ax.bar([i + 0.2 for i in x], steady, width=0.4, label="steady (request window)")
+    ax.axhline(TARGETS["saturation"], color="k", ls="--", lw=0.8, label="0.85 target (saturation)")
+    ax.set_xticks(list(x))
+    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("rows/s as a fraction of C/L")
+    ax.set_title("throughput against Little's law")
+    ax.legend(fontsize=8)
+
+    ax = axes[2]
+    if sat:
+        ns = [r["n"] for r in sat]
+        ax.plot(ns, [r["driver_peak_rss_mb"] for r in sat], "o-", label="driver")
+        ax.plot(ns, [r["largest_worker_peak_rss_mb"] for r in sat], "s-", label="largest worker")
+        ax.set_xscale("log")
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("N rows (saturation regime)")
+        ax.set_ylabel("peak RSS, MB")
+        ax.set_title("memory as N grows")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"backtrans benchmark, {results.get('environment', {}).get('date', time.ctime())}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(results: dict, md_path: Path, png_path: Path) -> None:
+    plot(results, png_path)
+    rel = os.path.relpath(png_path, md_path.parent)
+    md_path.write_text(markdown(results, rel))
