@@ -33,8 +33,7 @@ logger = logging.getLogger("backtrans")
 
 ROWS_PER_BATCH = 16
 ASYNC_BATCHES_PER_TASK = 4  # Ray Data's default for async batch UDFs
-# Rows per stage task. A task's rows reach a shard only when the whole task is done, so this bounds
-# what a crash makes us pay for twice; one task runs all its batches at once.
+# Rows per stage task: one task runs all its batches at once (the source reads blocks of this size).
 ROWS_PER_TASK = ROWS_PER_BATCH * ASYNC_BATCHES_PER_TASK
 STAGES: dict[str, type[LLMStage]] = {"generate": GenerateStage, "score": ScoreStage}
 DEFAULT_TEMPLATES = {"generate": INSTRUCTION, "score": SELF_CURATION}
@@ -182,7 +181,6 @@ def run_job(config: JobConfig) -> RunResult:
 
         metrics_name = f"backtrans-metrics-{uuid.uuid4().hex[:8]}"
         metrics = start_metrics(metrics_name)
-        dataset = dataset.repartition(target_num_rows_per_block=ROWS_PER_TASK)
         for name, stage in _active_stages(config).items():
             dataset = _add_stage(dataset, _stage_spec(name, stage, base_urls[name], metrics_name))
         try:
