@@ -128,16 +128,21 @@ class Gate:
 
     @contextlib.asynccontextmanager
     async def attempt(self):
-        self.budget.check()
         await self.limit.acquire()
-        pushed_back = False
         try:
             for bucket in (self.requests_per_minute, self.tokens_per_minute):
                 if bucket is not None:
                     await bucket.wait_for_credit()
-            if self.requests_per_minute is not None:
-                self.requests_per_minute.spend(1)
-            self.budget.requests += 1
+            # Checked and counted with no await in between, so rows waiting together cannot all pass.
+            self.budget.check()
+        except BaseException:
+            await self.limit.release(pushed_back=False)
+            raise
+        self.budget.requests += 1
+        if self.requests_per_minute is not None:
+            self.requests_per_minute.spend(1)
+        pushed_back = False
+        try:
             yield
         except Exception as error:
             pushed_back = self.is_pushback(error)

@@ -1,5 +1,7 @@
 """Endpoint faults: every row ends up in the output once, and the simulator saw the requests we expect."""
 
+import json
+
 import pyarrow.parquet as pq
 import pytest
 
@@ -125,3 +127,15 @@ def test_thousand_rows_under_mixed_faults(tmp_path):
     assert_scores_match_simulator(table)
     assert stats["by_outcome"]["ok"] == 2000
     assert stats["by_outcome"]["hang"] > 0 and stats["by_outcome"]["429"] > 0
+
+
+def test_budget_stops_cleanly_with_a_summary_that_says_so(tmp_path):
+    source = write_pairs_jsonl(tmp_path / "pairs.jsonl", 200)
+    with Simulator(SimulatorConfig(latency_ms=5)) as sim:
+        config = score_only_config(source, tmp_path / "out", sim.url, max_requests=40, actors=2)
+        with pytest.raises(JobError, match=r"score.max_requests reached .* run the same command again to resume"):
+            run_job(config)
+        assert sim.stats()["total_requests"] <= 40
+    summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
+    assert summary["complete"] is False and summary["stopped_by"] == "BudgetExhausted"
+    assert (tmp_path / "out" / ".checkpoint").is_dir()
