@@ -36,7 +36,11 @@ def fake_hub():
 def local_ray():
     """A local Ray shared by the tests; (re)started on demand, since the `ray start` test stops it."""
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        except Exception:  # "node timed out during startup" happens on a loaded 2-core machine; once more
+            ray.shutdown()
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -84,11 +85,16 @@ def test_ray_job_submit_against_a_local_head(tmp_path):
     start = ["ray", "start", "--head", f"--port={_free_port()}", f"--dashboard-port={dashboard}", "--num-cpus=2"]
     subprocess.run([*start, "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=180)
     try:
-        submit = subprocess.run(
-            ["ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(REPO), "--",
-             "python", "jobs/self_curation.py", "jobs/configs/demo.yaml", "--set", f"output.path={tmp_path / 'out'}"],
-            env=env, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+        for _ in range(12):  # the head's job agent may still be starting: Ray says "try again later"
+            submit = subprocess.run(
+                ["ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(REPO),
+                 "--", "python", "jobs/self_curation.py", "jobs/configs/demo.yaml",
+                 "--set", f"output.path={tmp_path / 'out'}"],
+                env=env, capture_output=True, text=True, timeout=600,
+            )  # fmt: skip
+            if "No available agent" not in submit.stdout + submit.stderr:
+                break
+            time.sleep(5)
     finally:
         subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]

@@ -58,7 +58,9 @@ def test_reads_a_hub_split_and_pushes_shards(tmp_path, fake_hub):
 def test_unknown_split_names_the_splits(tmp_path, fake_hub):
     fake_hub.create_repo("datasets", "someone/one-split")
     fake_hub.put_files("datasets", "someone/one-split", {"step3-eval.jsonl": _jsonl(3)})
-    config = seed_config("hf://datasets/someone/one-split", tmp_path / "out", "http://127.0.0.1:9/v1")
-    config.source.split = "train"
-    with pytest.raises(ValueError, match="source.split 'train' not found.*splits: test"):
-        run_job(config)
+    with Simulator(SimulatorConfig()) as sim:
+        config = seed_config("hf://datasets/someone/one-split", tmp_path / "out", sim.url)
+        config.source.split = "train"
+        with pytest.raises(ValueError, match="source.split 'train' not found.*splits: test"):
+            run_job(config)
+        assert sim.stats()["total_requests"] == 0
