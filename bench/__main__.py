@@ -25,7 +25,8 @@ from bench import report
 from bench.runs import REPO, run_backtrans, run_distilabel, run_raydata_llm
 from bench.workload import write_rows
 
-REGIMES = ("saturation", "overhead", "peers", "client")
+REGIMES = ("saturation", "overhead", "peers", "client", "profile")
+DEFAULT_REGIMES = ("saturation", "overhead", "peers", "client")
 PEERS = ("distilabel", "ray.data.llm")
 RESULTS = REPO / "bench" / "results.json"
 
@@ -43,7 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--overhead-latency-ms", type=float, default=20.0)
     parser.add_argument("--actors", type=int, default=None, help="stage actors (default: the config's default)")
     parser.add_argument("--budget-s", type=float, default=840.0, help="wall-clock budget for all runs")
-    parser.add_argument("--profile", action="store_true", help="add a py-spy profiled overhead run (not timed)")
+    parser.add_argument(
+        "--profile", action="store_true", help="add a py-spy profiled overhead run (same as --regime profile)"
+    )
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--report", type=Path, default=REPO / "BENCHMARKS.md")
     parser.add_argument("--plot", type=Path, default=REPO / "bench" / "throughput.png")
@@ -65,7 +68,7 @@ def _save(path: Path, results: dict) -> None:
 def _plan(args) -> list[tuple]:
     """(key, regime, system, n, latency_ms, extra) in the order they run: cheap and central first,
     the N=100,000 run last, so it gets what is left of the budget."""
-    regimes = args.regime or list(REGIMES)
+    regimes = list(args.regime or DEFAULT_REGIMES) + (["profile"] if args.profile else [])
     sat_n = args.n or ([2_000] if args.quick else [2_000, 20_000, 100_000])
     overhead_n = 2_000 if args.quick else args.overhead_n
     peer_n = 500 if args.quick else args.peer_n
@@ -87,7 +90,7 @@ def _plan(args) -> list[tuple]:
                 (f"overhead/ray.data.llm-0.25cpu/{peer_n}", "overhead", "ray.data.llm", peer_n, over_l, {"cpus": 0.25})
             )
     plan.sort(key=lambda item: item[3] >= 100_000)  # the long saturation run goes last
-    if args.profile:
+    if "profile" in regimes:
         plan.append(("profile/backtrans", "profile", "backtrans", min(overhead_n, 5_000), over_l, {}))
     return plan
 
@@ -95,8 +98,8 @@ def _plan(args) -> list[tuple]:
 def _run_one(item, args, workdir: Path, deadline: float, results: dict) -> dict | None:
     key, regime, system, n, latency_ms, extra = item
     remaining = deadline - time.monotonic()
-    if remaining < 30:
-        print(f"skip {key}: the --budget-s is spent", flush=True)
+    if remaining < 120:
+        print(f"skip {key}: only {remaining:.0f} s of --budget-s left (raise --budget-s to run it)", flush=True)
         return None
     rows = write_rows(workdir / f"rows-{n}.jsonl", n)
     run_dir = workdir / key.replace("/", "-")
@@ -139,7 +142,7 @@ def _profile_summaries(folder: Path) -> dict:
 def _client_regime(args, results: dict) -> None:
     from backtrans.simulator import SimulatorConfig, start_subprocess
 
-    n = 1_000 if args.quick else 5_000
+    n = 1_000 if args.quick else 3_000
     with start_subprocess(SimulatorConfig(latency_ms=args.overhead_latency_ms, keep_log=False)) as sim:
         for mode in ("endpoint", "sdk", "aiohttp"):
             argv = [sys.executable, "-m", "bench.client", "--mode", mode, "--url", sim.url, "--n", str(n)]
@@ -168,16 +171,29 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="backtrans-bench-") as tmp:
             workdir = args.workdir or Path(tmp)
             workdir.mkdir(parents=True, exist_ok=True)
-            if "client" in (args.regime or REGIMES):
+            if "client" in (args.regime or DEFAULT_REGIMES):
                 _client_regime(args, results)
                 _save(args.results, results)
             for item in _plan(args):
                 figures = _run_one(item, args, workdir, deadline, results)
                 if figures is not None:
-                    results["runs"][figures["key"]] = figures
+                    key = figures["key"]
+                    earlier = results["runs"].get(key)
+                    if "ended" in figures and earlier is not None and "ended" not in earlier:
+                        key = figures["key"] = key + "/partial"  # keep the complete run under the key
+                    results["runs"][key] = figures
                     print(report.one_line(figures), flush=True)
                 _save(args.results, results)
         results["environment"]["bench_wall_s"] = round(time.monotonic() - started, 1)
+        results.setdefault("invocations", []).append(
+            {
+                "argv": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
+                "date": results["environment"]["date"],
+                "wall_s": results["environment"]["bench_wall_s"],
+                "load_avg_at_start": results["environment"]["load_avg_at_start"],
+                "git": results["environment"]["git"],
+            }
+        )
         _save(args.results, results)
     print()
     print(report.table(results))

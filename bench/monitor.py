@@ -64,6 +64,7 @@ class Sample:
     requests: int  # requests the simulator has received
     rss_total: int
     driver_rss: int = 0
+    driver_parts: tuple[int, int] = (0, 0)  # (anonymous, shared-memory) resident bytes of the driver
 
 
 @dataclass
@@ -83,6 +84,7 @@ class RunMonitor:
     _handles: dict[int, psutil.Process] = field(default_factory=dict)
     on_first_request: object | None = None  # callback(monitor) once requests flow
     driver_rss: int = 0
+    driver_parts: tuple[int, int] = (0, 0)
 
     def start(self) -> RunMonitor:
         self._thread = threading.Thread(target=self._loop, name="bench-monitor", daemon=True)
@@ -134,6 +136,9 @@ class RunMonitor:
             rss_total += rss
             if proc.pid == self.root_pid:
                 self.driver_rss = rss
+                with contextlib.suppress(OSError):
+                    fields = proc_status(proc.pid)
+                    self.driver_parts = (fields.get("RssAnon", 0), fields.get("RssShmem", 0))
         return rss_total
 
     def _sample_simulator(self) -> tuple[dict[str, int], int]:
@@ -165,7 +170,9 @@ class RunMonitor:
                 self.samples.append(Sample(now, self.cpu_total(), in_flight, requests, 0))
                 continue
             rss_total = self._sample_procs()
-            self.samples.append(Sample(now, self.cpu_total(), in_flight, requests, rss_total, self.driver_rss))
+            self.samples.append(
+                Sample(now, self.cpu_total(), in_flight, requests, rss_total, self.driver_rss, self.driver_parts)
+            )
             self._stop.wait(self.interval if self.first_request_t is not None else STARTUP_POLL_S)
 
     # -- results
@@ -212,11 +219,19 @@ def _rss_and_peak(pid: int) -> tuple[int, int]:
     VmHWM is the exact high-water mark of the process's resident set, so a short spike between
     two samples is not missed.
     """
-    rss = hwm = 0
+    fields = proc_status(pid)
+    rss = fields.get("VmRSS", 0)
+    return rss, max(fields.get("VmHWM", 0), rss)
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """The memory lines of /proc/PID/status in bytes: VmRSS, VmHWM, RssAnon, RssFile, RssShmem."""
+    out = {}
     with open(f"/proc/{pid}/status", "rb") as f:
         for line in f:
-            if line.startswith(b"VmRSS:"):
-                rss = int(line.split()[1]) * 1024
-            elif line.startswith(b"VmHWM:"):
-                hwm = int(line.split()[1]) * 1024
-    return rss, max(hwm, rss)
+            if line.startswith((b"Vm", b"Rss")):
+                key, _, value = line.partition(b":")
+                parts = value.split()
+                if len(parts) == 2 and parts[1] == b"kB":
+                    out[key.decode()] = int(parts[0]) * 1024
+    return out

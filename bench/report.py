@@ -86,7 +86,8 @@ def _ordered(results: dict) -> list[dict]:
 def table(results: dict) -> str:
     head = (
         "| run | N | L ms | rows/s | of C/L | steady of C/L | start-up s | in flight gen: mean / steady / max "
-        "| in flight score: mean / steady / max | CPU ms/req (all / steady) | driver MB | largest worker MB | status |"
+        "| in flight score: mean / steady / max | CPU ms/req (all / steady) | driver MB | largest worker MB | status "
+        "| finished |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for run in _ordered(results):
@@ -99,7 +100,8 @@ def table(results: dict) -> str:
             f"| {gen['mean']:.1f} / {_f(gen['steady_median'], '{:g}')} / {gen['max']} "
             f"| {score['mean']:.1f} / {_f(score['steady_median'], '{:g}')} / {score['max']} "
             f"| {_f(run['cpu_ms_per_request'], '{:.2f}')} / {_f(run['cpu_window_ms_per_request'], '{:.2f}')} "
-            f"| {run['driver_peak_rss_mb']:.0f} | {run['largest_worker_peak_rss_mb']:.0f} | {status} |"
+            f"| {run['driver_peak_rss_mb']:.0f} | {run['largest_worker_peak_rss_mb']:.0f} | {status} "
+            f"| {run.get('finished_at', '?')[11:16]} |"
         )
     return "\n".join(lines)
 
@@ -334,7 +336,7 @@ def markdown(results: dict, plot_name: str) -> str:
         "",
         "## Machine and versions",
         "",
-        f"- date: {env.get('date', '?')}; bench wall time {env.get('bench_wall_s', '?')} s",
+        f"- date of the last invocation: {env.get('date', '?')}; its wall time {env.get('bench_wall_s', '?')} s",
         f"- nproc: {env.get('nproc', '?')}; python {env.get('python', '?')}, ray {env.get('ray', '?')}, "
         f"openai {env.get('openai', '?')}, distilabel {env.get('distilabel', '?')}; project at {env.get('git', '?')}",
         f"- load average when the bench started: {env.get('load_avg_at_start', '?')} (the machine is shared; see "
@@ -343,6 +345,14 @@ def markdown(results: dict, plot_name: str) -> str:
         "```",
         env.get("free_g", ""),
         "```",
+        "",
+        "Invocations whose runs are in the figures below (each run's finishing time is in the table):",
+        "",
+        *[
+            f"- `{inv['argv']}` — {inv['date']}, {inv['wall_s']} s, load average at start "
+            f"{inv['load_avg_at_start']}, project at {inv['git']}"
+            for inv in results.get("invocations", [])
+        ],
         "",
         "## How to reproduce",
         "",
@@ -447,15 +457,18 @@ def plot(results: dict, path: Path) -> None:
     ax.legend(fontsize=8)
 
     ax = axes[2]
+    for run in sat:
+        points = [p for p in run["timeline"] if len(p) >= 5 and p[4]]
+        if not points:
+            continue
+        rows = [p[3] / 2 for p in points]  # two requests per row
+        line = ax.plot(rows, [p[4] for p in points], lw=1, label=f"driver, N={run['n']:,}")
+        ax.plot([run["n"]], [run["driver_peak_rss_mb"]], "o", color=line[0].get_color(), ms=4)
     if sat:
-        ns = [r["n"] for r in sat]
-        ax.plot(ns, [r["driver_peak_rss_mb"] for r in sat], "o-", label="driver")
-        ax.plot(ns, [r["largest_worker_peak_rss_mb"] for r in sat], "s-", label="largest worker")
-        ax.set_xscale("log")
         ax.set_ylim(bottom=0)
-        ax.set_xlabel("N rows (saturation regime)")
-        ax.set_ylabel("peak RSS, MB")
-        ax.set_title("memory as N grows")
+        ax.set_xlabel("rows sent (requests / 2); dots: peak RSS (VmHWM) of the run")
+        ax.set_ylabel("driver RSS, MB")
+        ax.set_title("driver memory as rows flow (saturation runs)")
         ax.legend(fontsize=8)
     fig.suptitle(f"backtrans benchmark, {results.get('environment', {}).get('date', time.ctime())}", fontsize=9)
     fig.tight_layout()

@@ -40,10 +40,13 @@ def _env() -> dict[str, str]:
 
 
 def _tail(path: Path, lines: int = 15) -> str:
+    """The run's own error line (`backtrans: error: ...`) if any, then the last lines of its log."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        text = path.read_text(errors="replace").splitlines()
     except OSError:
         return ""
+    own = [line for line in text if line.startswith(("backtrans:", "Traceback", "RuntimeError", "ValueError"))]
+    return "\n".join(own[-3:] + text[-lines:])
 
 
 def measured_run(
@@ -99,6 +102,9 @@ def measured_run(
     stdout = (workdir / "stdout.txt").read_text(errors="replace")
     if ended is None and proc.returncode != 0:
         ended = f"exit code {proc.returncode}"
+        errors = [line for line in _tail(log_path, 0).splitlines() if line.startswith("backtrans:")]
+        if errors:
+            ended += f" ({errors[-1][:200]})"
     figures = _figures(system, n, latency_ms, concurrency, wall, monitor, stats, stdout)
     figures["phases"] = _phases(log_path, t0_wall, monitor)
     busy = _busy(host1) - _busy(host0)
@@ -287,7 +293,8 @@ def _steady(monitor: RunMonitor, kind: str, first, window, cap: int) -> tuple:
 
 
 def _timeline(monitor: RunMonitor, points: int = 400) -> list[list[float]]:
-    """[t, in flight generate, in flight score, requests so far, driver RSS MB] per kept sample."""
+    """[t, in flight generate, in flight score, requests so far, driver RSS MB, of which anonymous MB,
+    of which shared memory MB] per kept sample."""
     samples = [s for s in monitor.samples if s.in_flight and s.rss_total]
     step = max(1, len(samples) // points)
     return [
@@ -297,6 +304,8 @@ def _timeline(monitor: RunMonitor, points: int = 400) -> list[list[float]]:
             s.in_flight.get("score", 0),
             s.requests,
             round(s.driver_rss / MB, 1),
+            round(s.driver_parts[0] / MB, 1),
+            round(s.driver_parts[1] / MB, 1),
         ]
         for s in samples[::step]
     ]
