@@ -93,6 +93,8 @@ def table(results: dict) -> str:
     for run in _ordered(results):
         gen, score = run["in_flight"]["generate"], run["in_flight"]["score"]
         status = run.get("ended") or ("ok" if run.get("complete") else "incomplete output")
+        if run.get("note"):
+            status += f" ({run['note']})"
         lines.append(
             f"| {_label(run)} | {run['n']:,} | {run['latency_ms']:g} | {run['rows_per_s']:.1f} "
             f"| {run['fraction_of_limit']:.3f} | {_f(run['window_fraction_of_limit'], '{:.3f}')} "
@@ -162,6 +164,8 @@ def targets(results: dict) -> list[tuple[str, str, str, str]]:
     if small and big:
         growth = big["driver_peak_rss_mb"] / small["driver_peak_rss_mb"] - 1
         partial = f" (run {big['ended']}, {big.get('rows_done', 0):,} rows done)" if "ended" in big else ""
+        if big.get("note"):
+            partial += f" (N=100,000: {big['note']})"
         rows.append(
             (
                 "driver peak RSS at N=100,000 within 20% of N=2,000",
@@ -246,7 +250,8 @@ def _cpu_breakdown(results: dict) -> list[str]:
     for run in _ordered(results):
         if run["system"] != "backtrans":
             continue
-        parts = ", ".join(f"{role} {cpu:.1f}" for role, cpu in list(run["cpu_by_role"].items())[:8])
+        roles = sorted(run["cpu_by_role"].items(), key=lambda kv: -kv[1])
+        parts = ", ".join(f"{role} {cpu:.1f}" for role, cpu in roles[:9])
         host = run.get("host", {})
         lines.append(
             f"- {run['key']}: {run['cpu_s']:.1f} CPU-s for {run['requests']:,} requests ({parts}); "
@@ -311,6 +316,9 @@ def _client(results: dict) -> list[str]:
 def _profiles(results: dict) -> list[str]:
     lines = []
     for name, summary in (results.get("profiles") or {}).items():
+        busy = [share for func, share in summary["inclusive"] if "run_loop" in func or "StreamingExecutor.run" in func]
+        if not busy:
+            continue  # only the idle main thread was sampled (e.g. an actor not yet running a task)
         lines.append(f"**{name}** ({summary['samples']} samples at 100 Hz over 10 s; share of on-CPU samples)")
         lines.append("")
         lines.append("| inclusive | function |")

@@ -85,7 +85,7 @@ def test_ray_job_submit_against_a_local_head(tmp_path):
     start = ["ray", "start", "--head", f"--port={_free_port()}", f"--dashboard-port={dashboard}", "--num-cpus=2"]
     subprocess.run([*start, "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=180)
     try:
-        for _ in range(12):  # the head's job agent may still be starting: Ray says "try again later"
+        for _ in range(36):  # the head's job agent may still be starting: Ray says "try again later"
             submit = subprocess.run(
                 ["ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(REPO),
                  "--", "python", "jobs/self_curation.py", "jobs/configs/demo.yaml",
