@@ -188,8 +188,3 @@ class ChatEndpoint:
                     raise EndpointFailure(error_type, one_line(error, self._secret), attempt) from None
                 backoff = random.uniform(0, min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))
                 await asyncio.sleep(max(backoff, _retry_after_s(error) or 0.0))
-
-    async def close(self) -> None:
-        close = getattr(self._client, "close", None)
-        if close is not None:
-            await close()

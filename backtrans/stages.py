@@ -53,8 +53,10 @@ class LLMStage:
     def __init__(self, spec: StageSpec):
         self.spec = spec
         self.template = load_template(spec.template_path)
-        self.spec_gate = (spec.name, spec.config, spec.config.actors, is_pushback)
-        self.endpoint: ChatEndpoint | None = None  # made in the actor's event loop, on the first batch
+        # Built here, not on the first batch: importing and building the client costs seconds of CPU
+        # that would otherwise stall the event loop. asyncio primitives bind to a loop on first use.
+        gate = Gate(spec.name, spec.config, spec.config.actors, is_pushback)
+        self.endpoint = ChatEndpoint(spec.config, spec.base_url, read_api_key(spec.config, spec.name), gate)
         self.metrics = ray.get_actor(spec.metrics_actor)
 
     def outputs_for(self, reply_text: str) -> tuple[list, RowFailure | None]:
@@ -97,11 +99,6 @@ class LLMStage:
         return reply
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
-        if self.endpoint is None:
-            gate = Gate(*self.spec_gate)
-            self.endpoint = ChatEndpoint(
-                self.spec.config, self.spec.base_url, read_api_key(self.spec.config, self.spec.name), gate
-            )
         columns = {name: batch.column(name).to_pylist() for name in self.inputs}
         earlier = batch.column(ERROR_COLUMN).to_pylist() if ERROR_COLUMN in batch.column_names else [None] * len(batch)
         counts = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
