@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import yaml
 
+from backtrans.output import CURATED_DIR, PLOT_FILE
+
 SIMULATED_NOTICE = (
     "> **Simulated text.** This run used `backend: simulated`, a deterministic loopback stand-in for an "
     "LLM server. Its generations and scores are not model output; use this data to check the pipeline, "
@@ -11,9 +13,20 @@ SIMULATED_NOTICE = (
 )
 
 
+def _dataset_configs(summary: dict) -> list[dict]:
+    """`all` (every candidate, the default) and one config per curated subset, so that
+    `load_dataset(repo, "a5")` works."""
+    configs = [{"config_name": "all", "data_files": [{"split": "train", "path": "data/*.parquet"}], "default": True}]
+    for name in (summary.get("curated") or {}).get("subsets", {}):
+        configs.append(
+            {"config_name": name, "data_files": [{"split": "train", "path": f"{CURATED_DIR}/{name}/*.parquet"}]}
+        )
+    return configs
+
+
 def _front_matter(summary: dict) -> str:
     meta = {
-        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}],
+        "configs": _dataset_configs(summary),
         "task_categories": ["text-generation"],
         "tags": ["synthetic", "instruction-backtranslation", "self-curation", "backtrans"],
         "size_categories": [_size_category(summary["rows"])],
@@ -45,6 +58,37 @@ def _score_table(scores: dict | None) -> str:
     return "\n".join(lines)
 
 
+def _filter_table(segments: dict | None) -> str:
+    if segments is None:
+        return ""
+    lines = [
+        "## Segment filter\n",
+        f"{segments['rows_in']} documents in, {segments['kept']} segments kept.\n",
+        "| rule | rows removed |",
+        "|---|---|",
+    ]
+    lines += [f"| {rule} | {rows} |" for rule, rows in segments["removed"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _subset_table(curated: dict | None, repo_name: str) -> str:
+    if not curated:
+        return ""
+    thresholds, sizes, moves = curated["thresholds"], curated["subsets"], curated.get("moves")
+    header = "| config | rows | rule |" + (" entered | left |" if moves else "")
+    lines = ["## Curated subsets\n", header, "|---|---|---|" + ("---|---|" if moves else "")]
+    for name, rows in sizes.items():
+        line = f"| `{name}` | {rows} | score >= {thresholds[name]} |"
+        lines.append(line + (f" {moves[name]['entered']} | {moves[name]['left']} |" if moves else ""))
+    if moves:
+        lines.append("\nEntered / left: pairs that moved into or out of the subset against `score_prev`.")
+    if curated.get("seed"):
+        lines.append(f"\nEach subset also holds the seed pairs of `{curated['seed']}`, tagged as seed data.")
+    example = next(iter(sizes))
+    lines.append(f'\n```python\nload_dataset("{repo_name}", "{example}", split="train")\n```')
+    return "\n".join(lines) + "\n"
+
+
 def render_card(summary: dict, repo_id: str | None, scoring_prompt: str) -> str:
     name = repo_id or "PATH/TO/THIS/FOLDER"
     config_yaml = yaml.safe_dump(summary["config"], sort_keys=False)
@@ -52,12 +96,16 @@ def render_card(summary: dict, repo_id: str | None, scoring_prompt: str) -> str:
         _front_matter(summary),
         "# Instruction backtranslation data\n",
         "Built with backtrans, following *Self Alignment with Instruction "
-        "Backtranslation* (Li et al., 2023): each pair was scored with the paper's 5-point "
-        "self-curation prompt.\n",
+        "Backtranslation* (Li et al., 2023): "
+        + ("a backward model wrote an instruction for each web segment, and " if "augment" in summary["stages"] else "")
+        + "each pair was scored with the paper's 5-point self-curation prompt.\n",
         SIMULATED_NOTICE + "\n" if summary["simulated"] else "",
         f"Rows: **{summary['rows']}**\n",
         "## Scores\n",
         _score_table(summary["scores"]) + "\n",
+        f"![Score distribution]({PLOT_FILE})\n" if summary.get("plot") else "",
+        _subset_table(summary.get("curated"), name),
+        _filter_table(summary.get("segments")),
         "## Stages\n",
         _stage_table(summary) + "\n",
         "## Load it\n",

@@ -31,9 +31,18 @@ def _report(result) -> None:
         print(f"backtrans: {result.output_path} is already complete; nothing to do (output.mode=overwrite redoes it)")
         return
     summary = result.summary
+    segments = summary.get("segments")
+    if segments:
+        removed = ", ".join(f"{rule}: {rows}" for rule, rows in segments["removed"].items())
+        print(f"backtrans: segments {segments['rows_in']} in, {segments['kept']} kept; removed {removed}")
     print(f"backtrans: wrote {summary['rows']} rows to {result.output_path}/data")
     if summary["scores"] is not None:
         print("backtrans: scores " + ", ".join(f"{k}: {v}" for k, v in summary["scores"].items()))
+    curated = summary.get("curated")
+    if curated:
+        print("backtrans: curated " + ", ".join(f"{name}: {rows} rows" for name, rows in curated["subsets"].items()))
+        for name, moved in (curated.get("moves") or {}).items():
+            print(f"backtrans: {name} against score_prev: {moved['entered']} entered, {moved['left']} left")
     failures = {
         f"{stage}.{kind}": n for stage, kinds in summary["failures_this_run"].items() for kind, n in kinds.items()
     }

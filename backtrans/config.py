@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from backtrans.jsonl_datasource import ROW_ID_COLUMN
 
 DEFAULT_COLUMNS = ["instruction", "generation", "generation_model", "score", "reason", "scoring_model"]
 
@@ -63,6 +65,57 @@ class StageConfig(_Strict):
         return value
 
 
+class AugmentConfig(StageConfig):
+    """The backward model: writes an instruction for each segment (the paper's self-augmentation)."""
+
+    # paper: the instruction-writing prompt of prompts/backward.txt; bare: the segment alone, for a
+    # fine-tuned backward model (M_yx) that was trained on bare text. `template:` overrides both.
+    prompt: Literal["paper", "bare"] = "paper"
+    max_instruction_chars: int = Field(default=1_000, ge=1)  # a longer written instruction is a row failure
+
+
+class CurationConfig(_Strict):
+    """The curated training sets published beside `all`, and what is mixed into them."""
+
+    # dataset config name -> minimum score (the paper's A4: score >= 4, A5: score = 5)
+    subsets: dict[str, int] = Field(default_factory=lambda: {"a4": 4, "a5": 5})
+    seed: SourceConfig | None = None  # seed pairs (instruction, generation) added to every subset, seed-tagged
+
+    @field_validator("subsets")
+    @classmethod
+    def _names_and_thresholds(cls, subsets: dict[str, int]) -> dict[str, int]:
+        for name, threshold in subsets.items():
+            if not name.replace("_", "").replace("-", "").isalnum() or name == "all":
+                raise ValueError(f"subset name {name!r}: use letters, digits, - or _, and not 'all'")
+            if not 1 <= threshold <= 5:
+                raise ValueError(f"subset {name!r}: minimum score {threshold} is not between 1 and 5")
+        return subsets
+
+
+class SegmentsConfig(_Strict):
+    """The paper's web-segment filter (backtrans/segments.py), applied before any request is spent."""
+
+    text_column: str = "text"  # the web text (after source.rename); it becomes `generation`
+    min_chars: int = Field(default=600, ge=0)
+    max_chars: int = Field(default=3000, ge=1)
+    exact_dedup: bool = True
+    near_dedup: bool = True
+    near_dup_threshold: float = Field(default=0.8, gt=0, lt=1)  # Jaccard of word 5-gram shingles
+    max_repetition: float = Field(default=0.3, gt=0, le=1)  # duplicate lines / sentences / 5-grams in one text
+    boilerplate: bool = True  # navigation headers, link-heavy text, cookie banners
+    max_uppercase_ratio: float = Field(default=0.5, gt=0, le=1)  # upper / cased letters
+    # Of each group of duplicates keep the row with the smallest value here (ties: smallest row_hash).
+    # row_hash is arbitrary but stable across runs; a source's own order or date column keeps the first.
+    keep_first_by: str = ROW_ID_COLUMN
+    num_partitions: int = Field(default=16, ge=1)  # hash partitions of the dedup shuffle (more for big corpora)
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> SegmentsConfig:
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) is over max_chars ({self.max_chars})")
+        return self
+
+
 class OutputConfig(_Strict):
     path: str = "out/instruction-backtranslation"
     columns: list[str] = Field(default_factory=lambda: list(DEFAULT_COLUMNS))
@@ -78,10 +131,21 @@ class HubConfig(_Strict):
 
 class JobConfig(_Strict):
     source: SourceConfig
-    generate: StageConfig | None = None
+    segments: SegmentsConfig | None = None  # web corpora: filter documents into segments first
+    augment: AugmentConfig | None = None  # web corpora: write an instruction for each segment
+    generate: StageConfig | None = None  # seed data: write a response for each instruction
     score: StageConfig
+    curation: CurationConfig = Field(default_factory=CurationConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     hub: HubConfig = Field(default_factory=HubConfig)
+
+    @model_validator(mode="after")
+    def _one_way_to_make_pairs(self) -> JobConfig:
+        if self.augment is not None and self.generate is not None:
+            raise ValueError("augment writes instructions for texts, generate writes texts for instructions; use one")
+        if self.segments is not None and self.augment is None:
+            raise ValueError("segments are filtered for the augment stage; add an augment section")
+        return self
 
 
 def _set_dotted(tree: dict, dotted_key: str, raw_value: str) -> None:

@@ -1,5 +1,6 @@
 """Build and run the job from its config, top to bottom:
-source -> [generate] -> score -> keep columns -> Parquet shards -> card + summary -> [Hub].
+source -> [segments -> augment | generate] -> score -> keep columns -> Parquet shards
+       -> curated subsets -> card + plot + summary -> [Hub].
 """
 
 from __future__ import annotations
@@ -17,16 +18,19 @@ from ray.data import ActorPoolStrategy
 
 from backtrans.card import render_card
 from backtrans.config import JobConfig, StageConfig
+from backtrans.curated import MESSAGES_COLUMN, SEED_TAG, WEB_TAG, add_messages, subset_moves, write_subsets
 from backtrans.endpoints import chat_kwargs, read_api_key
 from backtrans.errors import root_failure
 from backtrans.hub import push
 from backtrans.metrics import start_metrics
-from backtrans.output import OutputFolder, write_rows
+from backtrans.output import PLOT_FILE, OutputFolder, write_rows
+from backtrans.plot import plot_scores
 from backtrans.preflight import probe
-from backtrans.prompts import INSTRUCTION, SELF_CURATION, load_template
+from backtrans.prompts import BACKWARD, INSTRUCTION, SEGMENT, SELF_CURATION, load_template
 from backtrans.resources import IO_CPUS
+from backtrans.segment_pass import filter_counts, read_segments, write_segments
 from backtrans.sources import read_source, require_columns
-from backtrans.stages import ERROR_COLUMN, GenerateStage, LLMStage, ScoreStage, StageSpec
+from backtrans.stages import ERROR_COLUMN, AugmentStage, GenerateStage, LLMStage, ScoreStage, StageSpec
 from backtrans.summary import build_summary, write_summary
 
 logger = logging.getLogger("backtrans")
@@ -35,8 +39,8 @@ ROWS_PER_BATCH = 16
 ASYNC_BATCHES_PER_TASK = 4  # Ray Data's default for async batch UDFs
 # Rows per stage task: one task runs all its batches at once (the source reads blocks of this size).
 ROWS_PER_TASK = ROWS_PER_BATCH * ASYNC_BATCHES_PER_TASK
-STAGES: dict[str, type[LLMStage]] = {"generate": GenerateStage, "score": ScoreStage}
-DEFAULT_TEMPLATES = {"generate": INSTRUCTION, "score": SELF_CURATION}
+STAGES: dict[str, type[LLMStage]] = {"augment": AugmentStage, "generate": GenerateStage, "score": ScoreStage}
+DEFAULT_TEMPLATES = {"augment": BACKWARD, "generate": INSTRUCTION, "score": SELF_CURATION}
 
 
 RESUMABLE_STOPS = {"BudgetExhausted", "StageDown"}
@@ -78,7 +82,17 @@ def _check_before_spending(config: JobConfig) -> None:
 
 
 def _template_path(name: str, stage: StageConfig) -> str:
-    return stage.template or str(DEFAULT_TEMPLATES[name])
+    if stage.template:
+        return stage.template
+    if name == "augment" and stage.prompt == "bare":
+        return str(SEGMENT)
+    return str(DEFAULT_TEMPLATES[name])
+
+
+def _required_columns(config: JobConfig) -> list[str]:
+    if config.augment is not None:
+        return ["generation"]  # the segment the backward model writes an instruction for
+    return ["instruction"] if config.generate is not None else ["instruction", "generation"]
 
 
 def _resolve_base_url(stage: StageConfig) -> str | None:
@@ -133,7 +147,7 @@ def _add_stage(dataset: ray.data.Dataset, spec: StageSpec) -> ray.data.Dataset:
 
 
 def _check_output_columns(config: JobConfig, source_columns: list[str]) -> None:
-    available = set(source_columns) | {ERROR_COLUMN}
+    available = set(source_columns) | {ERROR_COLUMN, MESSAGES_COLUMN}
     for name in _active_stages(config):
         available |= set(STAGES[name].outputs)
     for column in config.output.columns:
@@ -148,10 +162,50 @@ def _simulated(config: JobConfig) -> bool:
     return any(stage.backend == "simulated" for stage in _active_stages(config).values())
 
 
+def _read_candidates(config: JobConfig, folder: OutputFolder) -> ray.data.Dataset:
+    """The rows the LLM stages work on: the source, or for web corpora its filtered segments."""
+    if config.segments is None:
+        return read_source(config.source)
+    counts = write_segments(config, folder)
+    if not counts["kept"]:
+        raise JobError(f"segments: the filter removed all {counts['rows_in']} documents of {config.source.uri}")
+    return read_segments(folder)
+
+
+def _with_messages(dataset: ray.data.Dataset, config: JobConfig) -> ray.data.Dataset:
+    if MESSAGES_COLUMN not in config.output.columns:
+        return dataset
+    tag = WEB_TAG if config.augment is not None else SEED_TAG
+    return dataset.map_batches(add_messages, fn_args=(tag,), batch_format="pyarrow")
+
+
+def _curate(config: JobConfig, folder: OutputFolder) -> dict | None:
+    """Write the curated subsets (a4, a5, ...) and say what is in them."""
+    subsets = config.curation.subsets
+    if not subsets or "score" not in config.output.columns:
+        return None
+    seed = config.curation.seed
+    curated = {
+        "thresholds": dict(subsets),
+        "subsets": write_subsets(folder, config.curation, config.output.min_rows_per_file),
+        "seed": seed.uri if seed else None,
+    }
+    if "score_prev" in config.output.columns:  # a re-scoring run: who entered and left each subset
+        curated["moves"] = subset_moves(folder, subsets)
+    return curated
+
+
+def _summary(config: JobConfig, folder: OutputFolder, metrics, started: float, state: str) -> dict:
+    summary = build_summary(config, folder, ray.get(metrics.snapshot.remote()), started, state, _simulated(config))
+    if config.segments is not None:
+        summary["segments"] = filter_counts(folder)
+    return summary
+
+
 def _stop(error: Exception, config: JobConfig, folder: OutputFolder, metrics, started: float, state: str):
     """The run stopped early: leave a summary that says why (rows written so far stay checkpointed)."""
     kind, message = root_failure(error)
-    summary = build_summary(config, folder, ray.get(metrics.snapshot.remote()), started, state, _simulated(config))
+    summary = _summary(config, folder, metrics, started, state)
     summary.update(complete=False, stopped_by=kind, reason=message)
     write_summary(folder, summary)
     if kind in RESUMABLE_STOPS:
@@ -174,9 +228,8 @@ def run_job(config: JobConfig) -> RunResult:
         if state == "skip":
             return RunResult(folder.root, state, None, None)
 
-        dataset = read_source(config.source)
-        required = ["instruction"] if config.generate is not None else ["instruction", "generation"]
-        require_columns(dataset, required, config.source)
+        dataset = _read_candidates(config, folder)
+        require_columns(dataset, _required_columns(config), config.source)
         _check_output_columns(config, list(dataset.schema().names))
 
         metrics_name = f"backtrans-metrics-{uuid.uuid4().hex[:8]}"
@@ -184,12 +237,16 @@ def run_job(config: JobConfig) -> RunResult:
         for name, stage in _active_stages(config).items():
             dataset = _add_stage(dataset, _stage_spec(name, stage, base_urls[name], metrics_name))
         try:
-            write_rows(dataset, folder, config.output)
+            write_rows(_with_messages(dataset, config), folder, config.output)
         except Exception as error:
             _stop(error, config, folder, metrics, started, state)
 
-    stage_counts = ray.get(metrics.snapshot.remote())
-    summary = build_summary(config, folder, stage_counts, started, state, _simulated(config))
+    summary = _summary(config, folder, metrics, started, state)
+    if summary["rows"]:
+        summary["curated"] = _curate(config, folder)
+    if summary["scores"] is not None:
+        plot_scores(summary["scores"], folder.plot, summary["simulated"])
+        summary["plot"] = PLOT_FILE
     scoring_prompt = load_template(_template_path("score", config.score))
     with open(folder.card, "w", encoding="utf-8") as f:
         f.write(render_card(summary, config.hub.repo_id, scoring_prompt))

@@ -1,10 +1,13 @@
 """The output folder: `data/*.parquet` written by Ray Data, resumable through Ray's checkpointing.
 
 Layout of `output.path`:
-    data/*.parquet      the rows, `output.columns` in order
+    data/*.parquet      the rows, `output.columns` in order (the dataset config `all`)
+    curated/NAME/       the curated subsets (`curation.subsets`, e.g. a4 and a5), rebuilt by every finished run
     README.md           the dataset card
+    score_distribution.png
     run_summary.json    counts, scores, failures, tokens, timings; `"complete": true` marks a finished output
     .checkpoint/        Ray Data's checkpoint of written row ids while a run is unfinished
+    .segments/          web jobs: the filtered segments the LLM stages read, and the filter counts
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from backtrans.resources import IO_CPUS
 
 SUMMARY_FILE = "run_summary.json"
 CARD_FILE = "README.md"
+PLOT_FILE = "score_distribution.png"
+CURATED_DIR = "curated"
 
 
 class OutputError(RuntimeError):
@@ -43,6 +48,17 @@ class OutputFolder:
     @property
     def checkpoint(self) -> str:
         return os.path.join(self.root, ".checkpoint")
+
+    @property
+    def segments(self) -> str:
+        return os.path.join(self.root, ".segments")
+
+    @property
+    def plot(self) -> str:
+        return os.path.join(self.root, PLOT_FILE)
+
+    def curated(self, name: str) -> str:
+        return os.path.join(self.root, CURATED_DIR, name)
 
     @property
     def summary(self) -> str:

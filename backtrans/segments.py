@@ -35,11 +35,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from pydantic import Field, model_validator
 
-from backtrans.config import _Strict
+from backtrans.config import SegmentsConfig
+from backtrans.jsonl_datasource import ROW_ID_COLUMN
 
-ROW_ID_COLUMN = "row_hash"  # the uint64 id the sources give every row (jsonl_datasource, read_parquet)
 REASON_COLUMN = "filter_reason"
 
 EMPTY = "empty"
@@ -52,28 +51,6 @@ EXACT_DUPLICATE = "exact_duplicate"
 NEAR_DUPLICATE = "near_duplicate"
 # The order the rules apply in; a row is counted under the first rule that removes it.
 REASONS = (EMPTY, TOO_SHORT, TOO_LONG, UPPERCASE, BOILERPLATE, REPETITIVE, EXACT_DUPLICATE, NEAR_DUPLICATE)
-
-
-class SegmentsConfig(_Strict):
-    text_column: str = "text"
-    min_chars: int = Field(default=600, ge=0)
-    max_chars: int = Field(default=3000, ge=1)
-    exact_dedup: bool = True
-    near_dedup: bool = True
-    near_dup_threshold: float = Field(default=0.8, gt=0, lt=1)  # Jaccard of word 5-gram shingles
-    max_repetition: float = Field(default=0.3, gt=0, le=1)  # duplicate lines / sentences / 5-grams in one text
-    boilerplate: bool = True  # navigation headers, link-heavy text, cookie banners
-    max_uppercase_ratio: float = Field(default=0.5, gt=0, le=1)  # upper / cased letters
-    # Of each group of duplicates keep the row with the smallest value here (ties: smallest row_hash).
-    # row_hash is arbitrary but stable across runs; a source's own order or date column keeps the first.
-    keep_first_by: str = ROW_ID_COLUMN
-    num_partitions: int = Field(default=16, ge=1)  # hash partitions of the dedup shuffle (more for big corpora)
-
-    @model_validator(mode="after")
-    def _bounds_in_order(self) -> SegmentsConfig:
-        if self.min_chars > self.max_chars:
-            raise ValueError(f"min_chars ({self.min_chars}) is over max_chars ({self.max_chars})")
-        return self
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -465,8 +442,8 @@ def _bucket_losers(group: pa.Table) -> pa.Table:
     neighbours are similar (A first), B and C both go though C may not be similar to A. LSH itself
     is probabilistic: see `lsh_params` for the odds of a pair becoming a candidate.
     """
-    sort_keys = [("key", "ascending")] + [("rank", "ascending")] * ("rank" in group.column_names)
-    order = pc.sort_indices(group, sort_keys=sort_keys + [(ROW_ID_COLUMN, "ascending")], null_placement="at_end")
+    ranks = ["key"] + ["rank"] * ("rank" in group.column_names) + [ROW_ID_COLUMN]
+    order = pc.sort_indices(group, sort_keys=[(name, "ascending", "at_end") for name in ranks])
     keys = group["key"].take(order).to_numpy()
     ids = group[ROW_ID_COLUMN].take(order).to_numpy()
     codes = group["dup_code"].take(order).to_numpy()

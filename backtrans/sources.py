@@ -8,6 +8,9 @@
 
 Row ids live in `row_hash` (uint64, from the file path and the row's position in it). Ray Data's
 checkpointing filters on it right after the Read, so it must come out of the Read itself.
+Every row also gets `row_id`, a copy of that id which an output can keep (`output.columns`): it
+stays with the row when the output is read again, e.g. to re-score it, while `row_hash` is made
+anew by every read. A source that already has `row_id` keeps its own.
 """
 
 from __future__ import annotations
@@ -143,19 +146,24 @@ def _keep_ids(batch: pa.Table, ids: pa.Array) -> pa.Table:
     return batch.filter(pc.is_in(batch[ROW_ID_COLUMN], value_set=ids))
 
 
-def _rename(batch: pa.Table, mapping: dict[str, str]) -> pa.Table:
-    return batch.rename_columns([mapping.get(name, name) for name in batch.column_names])
+STABLE_ID_COLUMN = "row_id"
+
+
+def _rename_and_id(batch: pa.Table, mapping: dict[str, str]) -> pa.Table:
+    batch = batch.rename_columns([mapping.get(name, name) for name in batch.column_names])
+    if STABLE_ID_COLUMN in batch.column_names:
+        return batch
+    return batch.append_column(STABLE_ID_COLUMN, batch[ROW_ID_COLUMN])
 
 
 def read_source(source: SourceConfig) -> ray.data.Dataset:
-    """The source as a lazy Dataset: read on the workers, `limit` applied by id, columns renamed."""
+    """The source as a lazy Dataset: read on the workers, `limit` applied by id, columns renamed,
+    `row_id` added."""
     files = resolve_files(source)
     dataset = _read(files, source)
     if source.limit is not None:
         dataset = dataset.map_batches(_keep_ids, fn_args=(_first_row_ids(files, source),), batch_format="pyarrow")
-    if source.rename:
-        dataset = dataset.map_batches(_rename, fn_args=(source.rename,), batch_format="pyarrow")
-    return dataset
+    return dataset.map_batches(_rename_and_id, fn_args=(source.rename,), batch_format="pyarrow")
 
 
 def require_columns(dataset: ray.data.Dataset, required: list[str], source: SourceConfig) -> None:

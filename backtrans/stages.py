@@ -140,6 +140,41 @@ class GenerateStage(LLMStage):
         return [reply_text, self.spec.config.model], None
 
 
+class AugmentStage(LLMStage):
+    """Writes an instruction for each segment (the paper's self-augmentation, by the backward model)."""
+
+    inputs = ("generation",)
+    outputs = {"instruction": pa.string(), "instruction_model": pa.string()}
+
+    async def _row(self, values: dict[str, str | None], counts: dict) -> tuple[list, RowFailure | None]:
+        outputs, failure = await super()._row(values, counts)
+        if failure is None:
+            failure = instruction_problem(outputs[0], values["generation"], self.spec.config.max_instruction_chars)
+        return ([None] * len(self.outputs) if failure else outputs), failure
+
+    def outputs_for(self, reply_text: str) -> tuple[list, RowFailure | None]:
+        return [reply_text.strip(), self.spec.config.model], None
+
+
+def _normalized(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def instruction_problem(instruction: str, segment: str, max_chars: int) -> RowFailure | None:
+    """Why a written instruction cannot be used: empty, over-long, or a copy of the segment."""
+    if not instruction:
+        return RowFailure("bad_instruction", "the backward model wrote an empty instruction", 1)
+    if len(instruction) > max_chars:
+        return RowFailure(
+            "bad_instruction", f"the written instruction has {len(instruction)} chars, over {max_chars}", 1
+        )
+    written, text = _normalized(instruction), _normalized(segment)
+    # A copy: the whole segment repeated, or most of the instruction lifted from the segment verbatim.
+    if text in written or (len(written) > len(text) // 2 and written in text):
+        return RowFailure("bad_instruction", "the written instruction copies the segment", 1)
+    return None
+
+
 class ScoreStage(LLMStage):
     """Rates each (instruction, generation) pair with the self-curation prompt; parses score and reason."""
 

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from backtrans.prompts import BACKWARD, INSTRUCTION, SELF_CURATION, TemplateError, load_template, render
-from backtrans.sources import _rename
+from backtrans.sources import _rename_and_id
 
 PAPER = Path(__file__).resolve().parents[2] / "shared" / "reference" / "paper.md"
 
@@ -41,8 +41,14 @@ def test_unknown_placeholder_is_refused(tmp_path):
         load_template(template)
 
 
-def test_rename_maps_columns_like_output_mappings():
-    batch = pa.table({"prompt": ["a"], "completion": ["b"], "row_hash": pa.array([1], pa.uint64())})
-    renamed = _rename(batch, {"prompt": "instruction"})
-    assert renamed.column_names == ["instruction", "completion", "row_hash"]
+def test_rename_maps_columns_like_output_mappings_and_adds_the_stable_id():
+    batch = pa.table({"prompt": ["a"], "completion": ["b"], "row_hash": pa.array([7], pa.uint64())})
+    renamed = _rename_and_id(batch, {"prompt": "instruction"})
+    assert renamed.column_names == ["instruction", "completion", "row_hash", "row_id"]
     assert renamed.column("instruction").to_pylist() == ["a"]
+    assert renamed.column("row_id").to_pylist() == [7]
+
+
+def test_a_source_with_its_own_row_id_keeps_it():
+    batch = pa.table({"row_id": pa.array([3], pa.uint64()), "row_hash": pa.array([7], pa.uint64())})
+    assert _rename_and_id(batch, {}).column("row_id").to_pylist() == [3]

@@ -1,7 +1,9 @@
 """Prompt templates, kept as text files so they can be read and diffed as the paper prints them.
 
 `self_curation.txt` is the paper's Table 1 prompt, verbatim, with the pair's instruction and
-response each on its own line after it. `backward.txt` is the instruction-writing prompt.
+response each on its own line after it. `backward.txt` is the instruction-writing prompt the
+augment stage sends with each segment; `segment.txt` sends the bare segment (for a fine-tuned
+backward model).
 A template names its inputs as `{instruction}` and `{generation}`; a user may point a stage's
 `template:` at a file of their own with the same placeholders.
 """
@@ -15,6 +17,7 @@ from pathlib import Path
 PROMPTS_DIR = Path(__file__).parent
 SELF_CURATION = PROMPTS_DIR / "self_curation.txt"
 BACKWARD = PROMPTS_DIR / "backward.txt"
+SEGMENT = PROMPTS_DIR / "segment.txt"  # augment with `prompt: bare`: the segment alone
 INSTRUCTION = PROMPTS_DIR / "instruction.txt"  # generation sends the bare instruction, as distilabel does
 
 
