@@ -21,7 +21,7 @@ from backtrans.jsonl_datasource import ROW_ID_COLUMN
 from backtrans.output import OutputFolder
 from backtrans.resources import IO_CPUS
 from backtrans.segments import filter_segments
-from backtrans.sources import read_source, require_columns
+from backtrans.sources import in_small_blocks, read_source, require_columns
 
 COUNTS_FILE = "filter_counts.json"
 ROWS_DIR = "rows"
@@ -71,4 +71,4 @@ def write_segments(config: JobConfig, folder: OutputFolder) -> dict:
 def read_segments(folder: OutputFolder) -> ray.data.Dataset:
     """The kept segments, with a fresh `row_hash` for the checkpoint (the files never change)."""
     rows = os.path.join(folder.segments, ROWS_DIR)
-    return ray.data.read_parquet(rows, include_row_hash=True, num_cpus=IO_CPUS)
+    return in_small_blocks(ray.data.read_parquet(rows, include_row_hash=True, num_cpus=IO_CPUS))
