@@ -142,9 +142,12 @@ class JobConfig(_Strict):
     @model_validator(mode="after")
     def _one_way_to_make_pairs(self) -> JobConfig:
         if self.augment is not None and self.generate is not None:
-            raise ValueError("augment writes instructions for texts, generate writes texts for instructions; use one")
+            raise ValueError(
+                "augment, generate: augment writes instructions for texts, generate writes texts for "
+                "instructions; use one"
+            )
         if self.segments is not None and self.augment is None:
-            raise ValueError("segments are filtered for the augment stage; add an augment section")
+            raise ValueError("segments: the filtered segments are for the augment stage; add an augment section")
         return self
 
 
@@ -165,7 +168,7 @@ def _set_dotted(tree: dict, dotted_key: str, raw_value: str) -> None:
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
     key_path = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    reason = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+    reason = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
     more = len(error.errors()) - 1
     return f"config key {key_path}: {reason}" + (f" (and {more} more problems)" if more else "")
 

@@ -46,6 +46,20 @@ def test_demo_writes_scored_parquet_and_says_it_is_simulated(tmp_path):
     assert json.loads((tmp_path / "demo" / "run_summary.json").read_text())["simulated"] is True
 
 
+def test_web_demo_runs_with_one_command_and_reports_filters_and_subsets(tmp_path):
+    result = _cli("run", "jobs/configs/web_demo.yaml", "--set", f"output.path={tmp_path / 'web'}")
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "web" / "run_summary.json").read_text())
+    kept, subsets = summary["segments"]["kept"], summary["curated"]["subsets"]
+    assert f"segments 220 in, {kept} kept" in result.stdout
+    assert f"curated a4: {subsets['a4']} rows, a5: {subsets['a5']} rows" in result.stdout
+    assert "SIMULATED" in result.stdout
+    scores = pq.read_table(tmp_path / "web" / "data").column("score").to_pylist()
+    assert len(scores) == kept and subsets["a5"] == scores.count(5)
+    assert (tmp_path / "web" / "score_distribution.png").read_bytes().startswith(b"\x89PNG")
+
+
 def test_bad_config_exits_2_naming_the_key(tmp_path):
     result = _cli("run", "jobs/configs/demo.yaml", "--set", "score.max_concurency=4")
     assert result.returncode == 2

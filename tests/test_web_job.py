@@ -169,6 +169,55 @@ def test_sharded_parquet_on_the_hub_is_read_by_several_tasks(fake_hub, monkeypat
     assert len({row["task"] for row in read.iter_rows()}) >= 2
 
 
+def _augment_only(tmp_path, sim, texts: list[str], *overrides: str):
+    segments = tmp_path / "segments.jsonl"
+    segments.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
+    config = load_config(
+        WEB_DEMO,
+        [
+            "segments=null",
+            f"source.uri={segments}",
+            "source.rename={text: generation}",
+            f"output.path={tmp_path / 'out'}",
+            *_on_simulator(sim.url, "augment", "score"),
+            *overrides,
+        ],
+    )
+    run_job(config)
+    return pq.read_table(tmp_path / "out" / "data").to_pylist()
+
+
+def test_bare_prompt_sends_the_segment_alone_to_a_fine_tuned_backward_model(tmp_path):
+    texts = [
+        f"Segment {i}: tides rise and fall twice a day as the Moon's pull stretches the oceans. " * 3 for i in range(5)
+    ]
+    with Simulator(SimulatorConfig(latency_ms=2)) as sim:
+        rows = _augment_only(
+            tmp_path, sim, texts, "augment.prompt=bare", "output.columns=[row_id, instruction, generation, score]"
+        )
+        requests = _requests_by_kind(sim)
+    # The simulator sees a bare text as a generation request, not as the paper's backward prompt.
+    assert requests == {"generate": 5, "score": 5}
+    assert all(row["instruction"].startswith("[simulated response from simulated-backward]") for row in rows)
+    assert sorted(row["generation"] for row in rows) == texts
+
+
+def test_an_instruction_that_copies_its_segment_fails_the_row_and_is_not_scored(tmp_path):
+    # The simulated reply to a bare text quotes its first 12 words: for these short texts, all of it.
+    texts = [f"Segment {i}: how tides work." for i in range(4)]
+    with Simulator(SimulatorConfig(latency_ms=2)) as sim:
+        rows = _augment_only(
+            tmp_path, sim, texts, "augment.prompt=bare", "output.columns=[instruction, generation, score, error]"
+        )
+        requests = _requests_by_kind(sim)
+    assert requests == {"generate": 4}
+    assert sorted(row["generation"] for row in rows) == texts
+    for row in rows:
+        assert row["instruction"] is None and row["score"] is None
+        assert row["error"]["stage"] == "augment" and row["error"]["type"] == "bad_instruction"
+        assert "copies the segment" in row["error"]["message"]
+
+
 def test_written_instructions_are_validated():
     segment = "Umami is one of the five basic tastes. " * 10
     assert instruction_problem("What is umami?", segment, 1000) is None
