@@ -60,7 +60,8 @@ async def _run(mode: str, url: str, n: int, c: int) -> dict:
         async def send(prompt: str) -> None:
             await endpoint.complete(prompt)
 
-        close = endpoint.close
+        async def close() -> None:  # the endpoint's client lives as long as its stage actor
+            return None
     elif mode == "sdk":
         import openai
 
