@@ -67,7 +67,10 @@ def run(config_path: str, overrides: list[str]) -> int:
 
     from backtrans.job import run_job
 
-    ray.init(ignore_reinit_error=True, log_to_driver=True)
+    # A local Ray started for this one job skips the dashboard: it costs several CPU-seconds while the
+    # job starts (BENCHMARKS.md). For a dashboard, `ray start --head` and set RAY_ADDRESS; on an
+    # existing cluster this argument is ignored.
+    ray.init(ignore_reinit_error=True, log_to_driver=True, include_dashboard=False)
     try:
         result = run_job(config)
     except Exception as error:  # the contract: any failure is one line on stderr and a non-zero exit
