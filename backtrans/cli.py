@@ -36,6 +36,8 @@ def _report(result) -> None:
         removed = ", ".join(f"{rule}: {rows}" for rule, rows in segments["removed"].items())
         print(f"backtrans: segments {segments['rows_in']} in, {segments['kept']} kept; removed {removed}")
     print(f"backtrans: wrote {summary['rows']} rows to {result.output_path}/data")
+    if summary["skipped_lines_this_run"]:
+        print(f"backtrans: skipped {summary['skipped_lines_this_run']} malformed JSONL lines (source.bad_lines: skip)")
     if summary["scores"] is not None:
         print("backtrans: scores " + ", ".join(f"{k}: {v}" for k, v in summary["scores"].items()))
     curated = summary.get("curated")

@@ -162,11 +162,11 @@ def _simulated(config: JobConfig) -> bool:
     return any(stage.backend == "simulated" for stage in _active_stages(config).values())
 
 
-def _read_candidates(config: JobConfig, folder: OutputFolder) -> ray.data.Dataset:
+def _read_candidates(config: JobConfig, folder: OutputFolder, metrics_name: str) -> ray.data.Dataset:
     """The rows the LLM stages work on: the source, or for web corpora its filtered segments."""
     if config.segments is None:
-        return read_source(config.source)
-    counts = write_segments(config, folder)
+        return read_source(config.source, metrics_name)
+    counts = write_segments(config, folder, metrics_name)
     if not counts["kept"]:
         raise JobError(f"segments: the filter removed all {counts['rows_in']} documents of {config.source.uri}")
     return read_segments(folder)
@@ -228,12 +228,11 @@ def run_job(config: JobConfig) -> RunResult:
         if state == "skip":
             return RunResult(folder.root, state, None, None)
 
-        dataset = _read_candidates(config, folder)
-        require_columns(dataset, _required_columns(config), config.source)
-        _check_output_columns(config, list(dataset.schema().names))
-
         metrics_name = f"backtrans-metrics-{uuid.uuid4().hex[:8]}"
         metrics = start_metrics(metrics_name)
+        dataset = _read_candidates(config, folder, metrics_name)
+        require_columns(dataset, _required_columns(config), config.source)
+        _check_output_columns(config, list(dataset.schema().names))
         for name, stage in _active_stages(config).items():
             dataset = _add_stage(dataset, _stage_spec(name, stage, base_urls[name], metrics_name))
         try:

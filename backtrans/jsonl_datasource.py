@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterator
 
 import pyarrow as pa
+import ray
 from ray.data.datasource import FileBasedDatasource
 
 ROW_ID_COLUMN = "row_hash"
@@ -37,13 +38,15 @@ def row_id(path: str, line_number: int) -> int:
 class JsonlDatasource(FileBasedDatasource):
     _FILE_EXTENSIONS = ["jsonl", "json", "jsonl.gz", "json.gz"]
 
-    def __init__(self, paths, *, bad_lines: str = "fail", **file_based_kwargs):
+    def __init__(self, paths, *, bad_lines: str = "fail", metrics_actor: str | None = None, **file_based_kwargs):
         super().__init__(paths, **file_based_kwargs)
         self._bad_lines = bad_lines
+        self._metrics_actor = metrics_actor  # the run's RunMetrics actor, told how many lines were skipped
 
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
         rows: list[dict] = []
         ids: list[int] = []
+        skipped = 0
         for line_number, raw in enumerate(_lines(f), start=1):
             if not raw.strip():
                 continue
@@ -56,6 +59,7 @@ class JsonlDatasource(FileBasedDatasource):
                 if self._bad_lines == "fail":
                     raise BadLineError(message) from None
                 logger.warning("skipped %s", message)
+                skipped += 1
                 continue
             rows.append(record)
             ids.append(row_id(path, line_number))
@@ -64,6 +68,8 @@ class JsonlDatasource(FileBasedDatasource):
                 rows, ids = [], []
         if rows:
             yield _block(rows, ids)
+        if skipped and self._metrics_actor:
+            ray.get(ray.get_actor(self._metrics_actor).add.remote("source", {"skipped_lines": skipped}))
 
 
 def _block(rows: list[dict], ids: list[int]) -> pa.Table:

@@ -46,13 +46,13 @@ def filter_counts(folder: OutputFolder) -> dict | None:
         return None
 
 
-def write_segments(config: JobConfig, folder: OutputFolder) -> dict:
+def write_segments(config: JobConfig, folder: OutputFolder, metrics_actor: str) -> dict:
     """Run the segment filter over the source (unless an earlier run did); return its counts."""
     done = filter_counts(folder)
     if done is not None:
         return done
     shutil.rmtree(folder.segments, ignore_errors=True)  # a pass that was cut short starts again
-    documents = read_source(config.source)
+    documents = read_source(config.source, metrics_actor)
     require_columns(documents, [config.segments.text_column], config.source)
     kept, counter = filter_segments(documents, config.segments)
     candidates = kept.map_batches(_as_candidate, fn_args=(config.segments.text_column,), batch_format="pyarrow")
@@ -62,6 +62,10 @@ def write_segments(config: JobConfig, folder: OutputFolder) -> dict:
         ray_remote_args={"num_cpus": IO_CPUS},
     )
     counts = counter.counts()
+    # Malformed JSONL lines skipped by the read (bad_lines: skip) never reached the filter.
+    counts["skipped_lines"] = (
+        ray.get(ray.get_actor(metrics_actor).snapshot.remote()).get("source", {}).get("skipped_lines", 0)
+    )
     with open(os.path.join(folder.segments, COUNTS_FILE), "w", encoding="utf-8") as f:
         json.dump(counts, f, indent=2)
     ray.kill(counter.actor)

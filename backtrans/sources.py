@@ -126,12 +126,15 @@ def resolve_files(source: SourceConfig) -> ResolvedFiles:
     return ResolvedFiles(paths, None, _format_of(paths, uri))
 
 
-def _read(files: ResolvedFiles, source: SourceConfig) -> ray.data.Dataset:
+def _read(files: ResolvedFiles, source: SourceConfig, metrics_actor: str | None = None) -> ray.data.Dataset:
     if files.file_format == "parquet":
         rows = ray.data.read_parquet(files.paths, filesystem=files.filesystem, include_row_hash=True, num_cpus=IO_CPUS)
         return in_small_blocks(rows)
     return ray.data.read_datasource(
-        JsonlDatasource(files.paths, filesystem=files.filesystem, bad_lines=source.bad_lines), num_cpus=IO_CPUS
+        JsonlDatasource(
+            files.paths, filesystem=files.filesystem, bad_lines=source.bad_lines, metrics_actor=metrics_actor
+        ),
+        num_cpus=IO_CPUS,
     )
 
 
@@ -167,11 +170,11 @@ def _rename_and_id(batch: pa.Table, mapping: dict[str, str]) -> pa.Table:
     return batch.append_column(STABLE_ID_COLUMN, batch[ROW_ID_COLUMN])
 
 
-def read_source(source: SourceConfig) -> ray.data.Dataset:
+def read_source(source: SourceConfig, metrics_actor: str | None = None) -> ray.data.Dataset:
     """The source as a lazy Dataset: read on the workers, `limit` applied by id, columns renamed,
-    `row_id` added."""
+    `row_id` added. JSONL lines skipped under `bad_lines: skip` are counted by `metrics_actor`."""
     files = resolve_files(source)
-    dataset = _read(files, source)
+    dataset = _read(files, source, metrics_actor)
     if source.limit is not None:
         dataset = dataset.map_batches(_keep_ids, fn_args=(_first_row_ids(files, source),), batch_format="pyarrow")
     return dataset.map_batches(_rename_and_id, fn_args=(source.rename,), batch_format="pyarrow")

@@ -49,6 +49,8 @@ def build_summary(
         rows = sum(scores.values())
     else:
         scores, rows = None, ray.data.read_parquet(folder.data).count()
+    stage_counts = dict(stage_counts)
+    source_counts = stage_counts.pop("source", {})  # the reader's counts; every other key is a stage
     failures = {
         stage: {key.removeprefix("failures."): value for key, value in counts.items() if key.startswith("failures.")}
         for stage, counts in stage_counts.items()
@@ -58,6 +60,7 @@ def build_summary(
         "rows": rows,
         "scores": scores,
         "failures_this_run": failures,
+        "skipped_lines_this_run": source_counts.get("skipped_lines", 0),  # JSONL lines under bad_lines: skip
         "stages": {
             name: {
                 "model": getattr(config, name).model,

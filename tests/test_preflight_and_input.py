@@ -65,5 +65,6 @@ def test_malformed_jsonl_line_is_named_or_skipped(tmp_path):
             run_job(config)
         config.source.bad_lines = "skip"
         config.output.mode = "overwrite"
-        run_job(config)
+        result = run_job(config)
     assert pq.read_table(tmp_path / "out" / "data").num_rows == 3
+    assert result.summary["skipped_lines_this_run"] == 2
