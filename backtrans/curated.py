@@ -19,7 +19,7 @@ import ray
 
 from backtrans.config import CurationConfig
 from backtrans.output import OutputFolder
-from backtrans.resources import IO_CPUS
+from backtrans.resources import IO_CPUS, map_blocks
 from backtrans.sources import read_source
 
 # The paper's tags (section 2.3): augmented pairs and seed pairs are told apart by the system prompt.
@@ -74,13 +74,13 @@ def write_subsets(folder: OutputFolder, curation: CurationConfig, min_rows_per_f
     schema = pq.read_schema(_data_files(folder.data)[0])
     seed = None
     if curation.seed is not None:
-        seed = read_source(curation.seed).map_batches(_as_subset_rows, fn_args=(schema,), batch_format="pyarrow")
+        seed = map_blocks(read_source(curation.seed), _as_subset_rows, schema)
     sizes = {}
     shutil.rmtree(os.path.join(folder.root, "curated"), ignore_errors=True)
     for name, min_score in curation.subsets.items():
         target = folder.curated(name)
         rows = ray.data.read_parquet(folder.data, num_cpus=IO_CPUS)
-        rows = rows.map_batches(_scored_at_least, fn_args=(min_score,), batch_format="pyarrow")
+        rows = map_blocks(rows, _scored_at_least, min_score)
         if seed is not None:
             rows = rows.union(seed)
         rows.write_parquet(target, min_rows_per_file=min_rows_per_file, ray_remote_args={"num_cpus": IO_CPUS})
@@ -107,7 +107,7 @@ def subset_moves(folder: OutputFolder, subsets: dict[str, int]) -> dict[str, dic
     Counted per block on the workers; a few numbers per block reach the driver."""
     scores = ray.data.read_parquet(folder.data, num_cpus=IO_CPUS).select_columns(["score", "score_prev"])
     moves = {name: {"entered": 0, "left": 0} for name in subsets}
-    per_block = scores.map_batches(_moves, fn_args=(subsets,), batch_format="pyarrow", batch_size=None)
+    per_block = map_blocks(scores, _moves, subsets)
     for part in per_block.iter_rows():
         moves[part["subset"]]["entered"] += part["entered"]
         moves[part["subset"]]["left"] += part["left"]

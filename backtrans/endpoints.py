@@ -183,6 +183,9 @@ class ChatEndpoint:
             raise MalformedReply("the reply has no message content")
         return Reply(text, usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0, finish_reason)
 
+    async def close(self) -> None:
+        await self._client.close()
+
     async def complete(self, prompt: str) -> tuple[Reply, int]:
         """The reply and the number of attempts it took; EndpointFailure when retries are spent."""
         attempt = 0

@@ -27,7 +27,7 @@ from backtrans.output import PLOT_FILE, OutputFolder, write_rows
 from backtrans.plot import plot_scores
 from backtrans.preflight import probe
 from backtrans.prompts import BACKWARD, INSTRUCTION, SEGMENT, SELF_CURATION, load_template
-from backtrans.resources import IO_CPUS
+from backtrans.resources import IO_CPUS, map_blocks
 from backtrans.segment_pass import filter_counts, read_segments, write_segments
 from backtrans.sources import read_source, require_columns
 from backtrans.stages import ERROR_COLUMN, AugmentStage, GenerateStage, LLMStage, ScoreStage, StageSpec
@@ -176,7 +176,7 @@ def _with_messages(dataset: ray.data.Dataset, config: JobConfig) -> ray.data.Dat
     if MESSAGES_COLUMN not in config.output.columns:
         return dataset
     tag = WEB_TAG if config.augment is not None else SEED_TAG
-    return dataset.map_batches(add_messages, fn_args=(tag,), batch_format="pyarrow")
+    return map_blocks(dataset, add_messages, tag)
 
 
 def _curate(config: JobConfig, folder: OutputFolder) -> dict | None:
@@ -232,6 +232,8 @@ def run_job(config: JobConfig) -> RunResult:
         metrics = start_metrics(metrics_name)
         dataset = _read_candidates(config, folder, metrics_name)
         require_columns(dataset, _required_columns(config), config.source)
+        # Reads merge rows into blocks of up to 128 MiB; the stages want many small ones (see ROWS_PER_TASK).
+        dataset = dataset.repartition(target_num_rows_per_block=ROWS_PER_TASK)
         _check_output_columns(config, list(dataset.schema().names))
         for name, stage in _active_stages(config).items():
             dataset = _add_stage(dataset, _stage_spec(name, stage, base_urls[name], metrics_name))

@@ -25,7 +25,7 @@ from ray.data.checkpoint import CheckpointConfig
 
 from backtrans.config import OutputConfig
 from backtrans.jsonl_datasource import ROW_ID_COLUMN
-from backtrans.resources import IO_CPUS
+from backtrans.resources import IO_CPUS, map_blocks
 
 SUMMARY_FILE = "run_summary.json"
 CARD_FILE = "README.md"
@@ -125,7 +125,7 @@ def write_rows(dataset: ray.data.Dataset, folder: OutputFolder, output: OutputCo
     columns = list(output.columns)
     if ROW_ID_COLUMN not in columns:
         columns.append(ROW_ID_COLUMN)
-    kept = dataset.map_batches(_keep_columns, fn_args=(columns,), batch_format="pyarrow")
+    kept = map_blocks(dataset, _keep_columns, columns)
     # Only this plan is checkpointed: it starts with the Read and ends with the Write, as Ray requires.
     kept.context.checkpoint_config = checkpoint_config(folder)
     sink_class = ParquetDatasink if ROW_ID_COLUMN in output.columns else _ParquetWithoutRowIds

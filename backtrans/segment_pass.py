@@ -19,7 +19,7 @@ import ray
 from backtrans.config import JobConfig
 from backtrans.jsonl_datasource import ROW_ID_COLUMN
 from backtrans.output import OutputFolder
-from backtrans.resources import IO_CPUS
+from backtrans.resources import IO_CPUS, map_blocks
 from backtrans.segments import filter_segments
 from backtrans.sources import in_small_blocks, read_source, require_columns
 
@@ -55,7 +55,7 @@ def write_segments(config: JobConfig, folder: OutputFolder, metrics_actor: str) 
     documents = read_source(config.source, metrics_actor)
     require_columns(documents, [config.segments.text_column], config.source)
     kept, counter = filter_segments(documents, config.segments)
-    candidates = kept.map_batches(_as_candidate, fn_args=(config.segments.text_column,), batch_format="pyarrow")
+    candidates = map_blocks(kept, _as_candidate, config.segments.text_column)
     candidates.write_parquet(
         os.path.join(folder.segments, ROWS_DIR),
         min_rows_per_file=config.output.min_rows_per_file,

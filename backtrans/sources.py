@@ -25,7 +25,7 @@ import ray
 
 from backtrans.config import SourceConfig
 from backtrans.jsonl_datasource import ROW_ID_COLUMN, JsonlDatasource
-from backtrans.resources import IO_CPUS
+from backtrans.resources import IO_CPUS, map_blocks
 
 HF_PREFIX = "hf://"
 # Parquet sources come in blocks of up to this many bytes (~64 rows of web text) instead of Ray's
@@ -176,8 +176,8 @@ def read_source(source: SourceConfig, metrics_actor: str | None = None) -> ray.d
     files = resolve_files(source)
     dataset = _read(files, source, metrics_actor)
     if source.limit is not None:
-        dataset = dataset.map_batches(_keep_ids, fn_args=(_first_row_ids(files, source),), batch_format="pyarrow")
-    return dataset.map_batches(_rename_and_id, fn_args=(source.rename,), batch_format="pyarrow")
+        dataset = map_blocks(dataset, _keep_ids, _first_row_ids(files, source))
+    return map_blocks(dataset, _rename_and_id, source.rename)
 
 
 def require_columns(dataset: ray.data.Dataset, required: list[str], source: SourceConfig) -> None:

@@ -9,6 +9,7 @@ stage failed are passed through without a request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -58,6 +59,14 @@ class LLMStage:
         gate = Gate(spec.name, spec.config, spec.config.actors, is_pushback)
         self.endpoint = ChatEndpoint(spec.config, spec.base_url, read_api_key(spec.config, spec.name), gate)
         self.metrics = ray.get_actor(spec.metrics_actor)
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop Ray Data runs this actor's batches on
+
+    def __del__(self):
+        # Ray Data drops the stage when its pool shuts down; close the client's connections on the loop
+        # that opened them (aiohttp warns about every session left open).
+        if self._loop is not None and self._loop.is_running():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self.endpoint.close(), self._loop).result(timeout=5)
 
     def outputs_for(self, reply_text: str) -> tuple[list, RowFailure | None]:
         raise NotImplementedError
@@ -99,6 +108,7 @@ class LLMStage:
         return reply
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
+        self._loop = asyncio.get_running_loop()
         columns = {name: batch.column(name).to_pylist() for name in self.inputs}
         earlier = batch.column(ERROR_COLUMN).to_pylist() if ERROR_COLUMN in batch.column_names else [None] * len(batch)
         counts = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}

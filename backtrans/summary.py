@@ -18,6 +18,7 @@ import ray
 
 from backtrans.config import JobConfig
 from backtrans.output import OutputFolder
+from backtrans.resources import map_blocks
 
 
 def _count_scores(batch: pa.Table) -> pa.Table:
@@ -34,7 +35,7 @@ def score_histogram(folder: OutputFolder) -> dict[str, int]:
     # driver. (A groupby would shuffle through 200 partitions for six keys.)
     scored = ray.data.read_parquet(folder.data).select_columns(["score"])
     histogram = {str(score): 0 for score in range(1, 6)} | {"null": 0}
-    for part in scored.map_batches(_count_scores, batch_format="pyarrow", batch_size=None).iter_rows():
+    for part in map_blocks(scored, _count_scores).iter_rows():
         histogram["null" if part["score"] is None else str(part["score"])] += part["rows"]
     return histogram
 
