@@ -18,9 +18,8 @@ import ray
 from ray.data.datasource import FileBasedDatasource
 
 ROW_ID_COLUMN = "row_hash"
-# A stage task takes one block, and its rows reach a shard only when the whole task is done: small
-# blocks spread a file over the stage actors and bound what a crash makes us pay for twice.
-# (Dataset.repartition would do it for any source, but made Ray re-run tasks of a resumed plan.)
+# Rows are parsed and handed to Ray in tables of this many, so a big file streams. (Ray's read task
+# merges them into blocks of up to 128 MiB; the job splits those again for the stages, see job.py.)
 ROWS_PER_BLOCK = 64
 
 logger = logging.getLogger(__name__)

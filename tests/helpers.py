@@ -1,6 +1,7 @@
 """Small builders the integration tests share."""
 
 import json
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -90,3 +91,19 @@ def score_only_config(source: Path, output: Path, base_url: str, **score) -> Job
     stage = {"backend": "openai", "base_url": base_url, "model": "judge-model", "max_concurrency": 8}
     stage.update({"max_retries": 3, "timeout_s": 5, **score})
     return JobConfig.model_validate({"source": {"uri": str(source)}, "score": stage, "output": {"path": str(output)}})
+
+
+def checkpointed_ids(output: Path) -> set[int]:
+    files = [p for p in (output / ".checkpoint").glob("*.parquet") if ".pending." not in p.name]
+    return {i for p in files for i in pq.read_table(p).column("row_hash").to_pylist()}
+
+
+def wait_until_quiet(sim, quiet_s: float = 3.0, limit_s: float = 60.0) -> None:
+    """Wait until the killed run's Ray workers stop sending: they outlive the driver by a few seconds
+    and finish the requests their tasks had started (those are the run's in-flight window, too)."""
+    deadline = time.time() + limit_s
+    seen, changed = sim.stats()["total_requests"], time.time()
+    while time.time() - changed < quiet_s and time.time() < deadline:
+        time.sleep(0.2)
+        if (now := sim.stats()["total_requests"]) != seen:
+            seen, changed = now, time.time()

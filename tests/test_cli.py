@@ -14,7 +14,14 @@ import pytest
 import ray
 
 from backtrans.simulator import Simulator, SimulatorConfig
-from tests.helpers import SEED_COLUMNS, assert_scores_match_simulator, write_instruction_jsonl
+from tests.helpers import (
+    SEED_COLUMNS,
+    assert_scores_match_simulator,
+    checkpointed_ids,
+    wait_until_quiet,
+    write_instruction_jsonl,
+    write_pairs_jsonl,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_ROWS = sum(1 for line in (REPO / "jobs/data/demo_instructions.jsonl").open() if line.strip())
@@ -90,27 +97,65 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _submit(dashboard: int, env: dict, *entrypoint: str, options: tuple[str, ...] = ()):
+    for _ in range(36):  # the head's job agent may still be starting: Ray says "try again later"
+        submit = subprocess.run(
+            ["ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(REPO),
+             *options, "--", "python", *entrypoint],
+            env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        if "No available agent" not in submit.stdout + submit.stderr:
+            return submit
+        time.sleep(5)
+    return submit
+
+
 @pytest.mark.skipif(shutil.which("ray") is None, reason="the ray CLI comes with ray[default]")
-def test_ray_job_submit_against_a_local_head(tmp_path):
+def test_ray_job_submit_against_a_local_head_and_resume_after_ray_job_stop(tmp_path):
     ray.shutdown()  # one Ray per machine here: the session's local Ray restarts on demand afterwards
     env = {**os.environ, "RAY_AUTH_MODE": "token"}  # Ray 2.60 heads use token auth
     env.pop("RAY_ADDRESS", None)
     dashboard = _free_port()
+    address = ["--address", f"http://127.0.0.1:{dashboard}"]
     start = ["ray", "start", "--head", f"--port={_free_port()}", f"--dashboard-port={dashboard}", "--num-cpus=2"]
     subprocess.run([*start, "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=180)
+    rows, output = 300, tmp_path / "stopped"
     try:
-        for _ in range(36):  # the head's job agent may still be starting: Ray says "try again later"
-            submit = subprocess.run(
-                ["ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(REPO),
-                 "--", "python", "jobs/self_curation.py", "jobs/configs/demo.yaml",
-                 "--set", f"output.path={tmp_path / 'out'}"],
-                env=env, capture_output=True, text=True, timeout=600,
-            )  # fmt: skip
-            if "No available agent" not in submit.stdout + submit.stderr:
-                break
-            time.sleep(5)
+        demo = _submit(dashboard, env, "jobs/self_curation.py", "jobs/configs/demo.yaml",
+                       "--set", f"output.path={tmp_path / 'out'}")  # fmt: skip
+
+        # A second job, stopped with `ray job stop` part way, then submitted again.
+        with Simulator(SimulatorConfig(latency_ms=150)) as sim:
+            config = tmp_path / "job.yaml"
+            config.write_text(
+                f"source: {{uri: {write_pairs_jsonl(tmp_path / 'pairs.jsonl', rows)}}}\n"
+                f"score: {{backend: openai, base_url: '{sim.url}', model: judge, max_concurrency: 8}}\n"
+                f"output: {{path: {output}, min_rows_per_file: 16, columns: [instruction, score]}}\n"
+            )
+            first = _submit(dashboard, env, "jobs/self_curation.py", str(config),
+                            options=("--no-wait", "--submission-id", "backtrans-stopped"))  # fmt: skip
+            assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+            deadline = time.time() + 300
+            while len(checkpointed_ids(output)) < rows * 0.3 and time.time() < deadline:
+                time.sleep(0.2)
+            stop = subprocess.run(["ray", "job", "stop", *address, "backtrans-stopped"],
+                                  env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+            assert stop.returncode == 0, stop.stdout[-2000:] + stop.stderr[-2000:]
+            wait_until_quiet(sim)
+            committed = len(checkpointed_ids(output))
+            sent_before = sim.stats()["by_kind"]["score"]
+            sim.reset()
+            second = _submit(dashboard, env, "jobs/self_curation.py", str(config))
+            sent_after = sim.stats()["by_kind"]["score"]
     finally:
         subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
-    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
-    assert "succeeded" in submit.stdout + submit.stderr
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    assert "succeeded" in demo.stdout + demo.stderr
     assert pq.read_table(tmp_path / "out" / "data").num_rows == DEMO_ROWS
+
+    assert 0 < committed < rows, committed
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    instructions = pq.read_table(output / "data").column("instruction").to_pylist()
+    assert sorted(instructions) == sorted(f"What is fact {i}?" for i in range(rows))
+    # Only the rows not written before the stop are sent again: in all, rows + the in-flight window.
+    assert sent_after == rows - committed and sent_before >= committed

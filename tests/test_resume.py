@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from backtrans.jsonl_datasource import row_id
 from backtrans.prompts import SELF_CURATION, load_template, render
 from backtrans.simulator import Simulator, SimulatorConfig
-from tests.helpers import write_pairs_jsonl
+from tests.helpers import checkpointed_ids, wait_until_quiet, write_pairs_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = 400
@@ -29,31 +29,11 @@ def _cli(config: Path, **popen):
     )  # fmt: skip
 
 
-def _checkpointed_ids(output: Path) -> set[int]:
-    files = [p for p in (output / ".checkpoint").glob("*.parquet") if ".pending." not in p.name]
-    return {i for p in files for i in pq.read_table(p).column("row_hash").to_pylist()}
-
-
-def _checkpointed_rows(output: Path) -> int:
-    return len(_checkpointed_ids(output))
-
-
 def _scoring_prompt_sha(row: int) -> str:
     prompt = render(
         load_template(SELF_CURATION), instruction=f"What is fact {row}?", generation=f"Fact {row} is a fact."
     )
     return hashlib.sha256(prompt.encode()).hexdigest()
-
-
-def _wait_until_quiet(sim: Simulator, quiet_s: float = 3.0, limit_s: float = 60.0) -> None:
-    """Wait until the killed run's Ray workers stop sending: they outlive the driver by a few seconds
-    and finish the requests their tasks had started (those are the run's in-flight window, too)."""
-    deadline = time.time() + limit_s
-    seen, changed = sim.stats()["total_requests"], time.time()
-    while time.time() - changed < quiet_s and time.time() < deadline:
-        time.sleep(0.2)
-        if (now := sim.stats()["total_requests"]) != seen:
-            seen, changed = now, time.time()
 
 
 def test_sigkill_then_rerun_writes_every_row_once(tmp_path):
@@ -68,15 +48,15 @@ def test_sigkill_then_rerun_writes_every_row_once(tmp_path):
         )
         first = _cli(config, start_new_session=True)  # its own process group: the local Ray dies with it
         deadline = time.time() + 240
-        while _checkpointed_rows(output) < ROWS * 0.4 and first.poll() is None and time.time() < deadline:
+        while len(checkpointed_ids(output)) < ROWS * 0.4 and first.poll() is None and time.time() < deadline:
             time.sleep(0.2)
         assert first.poll() is None, first.stdout.read()[-2000:]
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
-        _wait_until_quiet(sim)
+        wait_until_quiet(sim)
         sent_before_kill = sim.stats()["by_kind"]["score"]
         sent_in_first_run = {entry["prompt_sha256"] for entry in sim.log()}
-        committed = _checkpointed_ids(output)
+        committed = checkpointed_ids(output)
         written_before_kill = len(committed)
         sim.reset()
 
