@@ -45,7 +45,7 @@ class JsonlDatasource(FileBasedDatasource):
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
         rows: list[dict] = []
         ids: list[int] = []
-        skipped = 0
+        skipped: list[str] = []
         for line_number, raw in enumerate(_lines(f), start=1):
             if not raw.strip():
                 continue
@@ -58,7 +58,7 @@ class JsonlDatasource(FileBasedDatasource):
                 if self._bad_lines == "fail":
                     raise BadLineError(message) from None
                 logger.warning("skipped %s", message)
-                skipped += 1
+                skipped.append(f"{path}:{line_number}")
                 continue
             rows.append(record)
             ids.append(row_id(path, line_number))
@@ -68,7 +68,7 @@ class JsonlDatasource(FileBasedDatasource):
         if rows:
             yield _block(rows, ids)
         if skipped and self._metrics_actor:
-            ray.get(ray.get_actor(self._metrics_actor).add.remote("source", {"skipped_lines": skipped}))
+            ray.get(ray.get_actor(self._metrics_actor).skipped.remote(skipped))
 
 
 def _block(rows: list[dict], ids: list[int]) -> pa.Table:

@@ -15,12 +15,20 @@ import ray
 class RunMetrics:
     def __init__(self):
         self._by_stage: dict[str, Counter] = defaultdict(Counter)
+        self._skipped_lines: set[str] = set()
 
     def add(self, stage: str, counts: dict) -> None:
         self._by_stage[stage].update(counts)
 
+    def skipped(self, lines: list[str]) -> None:
+        # A set of "file:line": a file read more than once (schema probes, task retries) counts once.
+        self._skipped_lines.update(lines)
+
     def snapshot(self) -> dict[str, dict]:
-        return {stage: dict(counts) for stage, counts in self._by_stage.items()}
+        counts = {stage: dict(counts) for stage, counts in self._by_stage.items()}
+        if self._skipped_lines:
+            counts["source"] = {"skipped_lines": len(self._skipped_lines)}
+        return counts
 
 
 def start_metrics(name: str):

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -87,3 +88,48 @@ def test_sigkill_then_rerun_writes_every_row_once(tmp_path):
     print(f"rows in flight at the kill {len(in_flight_at_kill)}, re-sent {len(resent & sent_in_first_run)}")
     # The done-when bound of the resume issue: every row once, plus at most the rows in flight at the kill.
     assert total_score_requests <= ROWS + len(in_flight_at_kill)
+
+
+def _stage_actor_pids(stage_class: str) -> list[int]:
+    """Ray names an actor's process `ray::MapWorker(MapBatches(CLASS))`; find them in /proc."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if f"MapWorker(MapBatches({stage_class}))".encode() in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+        except OSError:  # the process ended while we looked
+            continue
+    return pids
+
+
+def test_a_killed_stage_actor_is_replaced_and_no_row_is_lost(tmp_path, local_ray):
+    from backtrans.job import run_job
+    from tests.helpers import score_only_config
+
+    source = write_pairs_jsonl(tmp_path / "pairs.jsonl", ROWS)
+    with Simulator(SimulatorConfig(latency_ms=100)) as sim:
+        config = score_only_config(source, tmp_path / "out", sim.url)
+        config.output.columns = ["instruction", "score"]
+        killed = []
+
+        def kill_one_actor_part_way():
+            deadline = time.time() + 240
+            while sim.stats()["by_kind"]["score"] < ROWS // 4 and time.time() < deadline:
+                time.sleep(0.05)
+            if pids := _stage_actor_pids("ScoreStage"):
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+
+        killer = threading.Thread(target=kill_one_actor_part_way)
+        killer.start()
+        run_job(config)
+        killer.join()
+        sent = sim.stats()["by_kind"]["score"]
+
+    assert killed, "no ScoreStage actor process was found to kill"
+    table = pq.read_table(tmp_path / "out" / "data")
+    assert sorted(table.column("instruction").to_pylist()) == sorted(f"What is fact {i}?" for i in range(ROWS))
+    assert None not in table.column("score").to_pylist()
+    # Ray Data restarted the actor and re-ran its tasks: only the rows it held were asked again.
+    held_by_one_actor = 3 * 64  # max_tasks_in_flight_per_actor blocks of ROWS_PER_TASK rows
+    assert ROWS <= sent <= ROWS + held_by_one_actor
