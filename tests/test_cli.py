@@ -21,6 +21,7 @@ from tests.helpers import (
     wait_until_quiet,
     write_instruction_jsonl,
     write_pairs_jsonl,
+    write_score_job,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,12 +127,8 @@ def test_ray_job_submit_against_a_local_head_and_resume_after_ray_job_stop(tmp_p
 
         # A second job, stopped with `ray job stop` part way, then submitted again.
         with Simulator(SimulatorConfig(latency_ms=150)) as sim:
-            config = tmp_path / "job.yaml"
-            config.write_text(
-                f"source: {{uri: {write_pairs_jsonl(tmp_path / 'pairs.jsonl', rows)}}}\n"
-                f"score: {{backend: openai, base_url: '{sim.url}', model: judge, max_concurrency: 8}}\n"
-                f"output: {{path: {output}, min_rows_per_file: 16, columns: [instruction, score]}}\n"
-            )
+            source = write_pairs_jsonl(tmp_path / "pairs.jsonl", rows)
+            config = write_score_job(tmp_path / "job.yaml", source, output, sim.url, concurrency=8, rows_per_file=16)
             first = _submit(dashboard, env, "jobs/self_curation.py", str(config),
                             options=("--no-wait", "--submission-id", "backtrans-stopped"))  # fmt: skip
             assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from backtrans.jsonl_datasource import row_id
 from backtrans.prompts import SELF_CURATION, load_template, render
 from backtrans.simulator import Simulator, SimulatorConfig
-from tests.helpers import checkpointed_ids, wait_until_quiet, write_pairs_jsonl
+from tests.helpers import checkpointed_ids, wait_until_quiet, write_pairs_jsonl, write_score_job
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = 400
@@ -41,11 +41,8 @@ def test_sigkill_then_rerun_writes_every_row_once(tmp_path):
     source = write_pairs_jsonl(tmp_path / "pairs.jsonl", ROWS)
     output = tmp_path / "out"
     with Simulator(SimulatorConfig(latency_ms=150)) as sim:
-        config = tmp_path / "job.yaml"
-        config.write_text(
-            f"source: {{uri: {source}}}\n"
-            f"score: {{backend: openai, base_url: '{sim.url}', model: judge, max_concurrency: {SCORE_CONCURRENCY}}}\n"
-            f"output: {{path: {output}, min_rows_per_file: {ROWS_PER_FILE}, columns: [instruction, score]}}\n"
+        config = write_score_job(
+            tmp_path / "job.yaml", source, output, sim.url, concurrency=SCORE_CONCURRENCY, rows_per_file=ROWS_PER_FILE
         )
         first = _cli(config, start_new_session=True)  # its own process group: the local Ray dies with it
         deadline = time.time() + 240

@@ -2,7 +2,6 @@
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -234,4 +233,3 @@ def test_web_config_errors_name_the_sections(tmp_path):
         load_config(WEB_DEMO, ["generate={backend: simulated, model: g}"])
     with pytest.raises(ConfigError, match="curation.subsets.*between 1 and 5"):
         load_config(WEB_DEMO, ["curation.subsets={a6: 6}"])
-    assert Path(WEB_DEMO).exists()
