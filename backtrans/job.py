@@ -162,10 +162,12 @@ def _simulated(config: JobConfig) -> bool:
     return any(stage.backend == "simulated" for stage in _active_stages(config).values())
 
 
-def _read_candidates(config: JobConfig, folder: OutputFolder, metrics_name: str) -> ray.data.Dataset:
-    """The rows the LLM stages work on: the source, or for web corpora its filtered segments."""
+def _read_candidates(config: JobConfig, folder: OutputFolder, metrics_name: str) -> tuple[ray.data.Dataset, list[str]]:
+    """The rows the LLM stages work on, and their columns: the source, or for web corpora its
+    filtered segments."""
     if config.segments is None:
-        return read_source(config.source, metrics_name)
+        columns = require_columns(config.source, _required_columns(config))
+        return read_source(config.source, metrics_name), columns
     counts = write_segments(config, folder, metrics_name)
     if not counts["kept"]:
         raise JobError(f"segments: the filter removed all {counts['rows_in']} documents of {config.source.uri}")
@@ -230,11 +232,10 @@ def run_job(config: JobConfig) -> RunResult:
 
         metrics_name = f"backtrans-metrics-{uuid.uuid4().hex[:8]}"
         metrics = start_metrics(metrics_name)
-        dataset = _read_candidates(config, folder, metrics_name)
-        require_columns(dataset, _required_columns(config), config.source)
+        dataset, columns = _read_candidates(config, folder, metrics_name)
+        _check_output_columns(config, columns)
         # Reads merge rows into blocks of up to 128 MiB; the stages want many small ones (see ROWS_PER_TASK).
         dataset = dataset.repartition(target_num_rows_per_block=ROWS_PER_TASK)
-        _check_output_columns(config, list(dataset.schema().names))
         for name, stage in _active_stages(config).items():
             dataset = _add_stage(dataset, _stage_spec(name, stage, base_urls[name], metrics_name))
         try:

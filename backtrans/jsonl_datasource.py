@@ -46,20 +46,7 @@ class JsonlDatasource(FileBasedDatasource):
         rows: list[dict] = []
         ids: list[int] = []
         skipped: list[str] = []
-        for line_number, raw in enumerate(_lines(f), start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw.decode("utf-8"))
-                if not isinstance(record, dict):
-                    raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-            except (UnicodeDecodeError, ValueError) as error:
-                message = f"{path}:{line_number}: malformed JSONL line ({str(error).splitlines()[0]})"
-                if self._bad_lines == "fail":
-                    raise BadLineError(message) from None
-                logger.warning("skipped %s", message)
-                skipped.append(f"{path}:{line_number}")
-                continue
+        for line_number, record in records(f, path, self._bad_lines, skipped):
             rows.append(record)
             ids.append(row_id(path, line_number))
             if len(rows) == ROWS_PER_BLOCK:
@@ -69,6 +56,26 @@ class JsonlDatasource(FileBasedDatasource):
             yield _block(rows, ids)
         if skipped and self._metrics_actor:
             ray.get(ray.get_actor(self._metrics_actor).skipped.remote(skipped))
+
+
+def records(f: pa.NativeFile, path: str, bad_lines: str, skipped: list[str]) -> Iterator[tuple[int, dict]]:
+    """(line number, JSON object) for each non-blank line. A malformed line raises BadLineError under
+    `bad_lines: fail`; under `skip` it is logged and its `path:line` appended to `skipped`."""
+    for line_number, raw in enumerate(_lines(f), start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw.decode("utf-8"))
+            if not isinstance(record, dict):
+                raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+        except (UnicodeDecodeError, ValueError) as error:
+            message = f"{path}:{line_number}: malformed JSONL line ({str(error).splitlines()[0]})"
+            if bad_lines == "fail":
+                raise BadLineError(message) from None
+            logger.warning("skipped %s", message)
+            skipped.append(f"{path}:{line_number}")
+            continue
+        yield line_number, record
 
 
 def _block(rows: list[dict], ids: list[int]) -> pa.Table:

@@ -16,12 +16,12 @@ import shutil
 import pyarrow as pa
 import ray
 
-from backtrans.config import JobConfig
+from backtrans.config import JobConfig, SourceConfig
 from backtrans.jsonl_datasource import ROW_ID_COLUMN
 from backtrans.output import OutputFolder
 from backtrans.resources import IO_CPUS, map_blocks
 from backtrans.segments import filter_segments
-from backtrans.sources import in_small_blocks, read_source, require_columns
+from backtrans.sources import in_small_blocks, read_source, require_columns, source_columns
 
 COUNTS_FILE = "filter_counts.json"
 ROWS_DIR = "rows"
@@ -52,8 +52,8 @@ def write_segments(config: JobConfig, folder: OutputFolder, metrics_actor: str) 
     if done is not None:
         return done
     shutil.rmtree(folder.segments, ignore_errors=True)  # a pass that was cut short starts again
+    require_columns(config.source, [config.segments.text_column])
     documents = read_source(config.source, metrics_actor)
-    require_columns(documents, [config.segments.text_column], config.source)
     kept, counter = filter_segments(documents, config.segments)
     candidates = map_blocks(kept, _as_candidate, config.segments.text_column)
     candidates.write_parquet(
@@ -72,7 +72,9 @@ def write_segments(config: JobConfig, folder: OutputFolder, metrics_actor: str) 
     return counts
 
 
-def read_segments(folder: OutputFolder) -> ray.data.Dataset:
-    """The kept segments, with a fresh `row_hash` for the checkpoint (the files never change)."""
+def read_segments(folder: OutputFolder) -> tuple[ray.data.Dataset, list[str]]:
+    """The kept segments, with a fresh `row_hash` for the checkpoint (the files never change),
+    and their columns."""
     rows = os.path.join(folder.segments, ROWS_DIR)
-    return in_small_blocks(ray.data.read_parquet(rows, include_row_hash=True, num_cpus=IO_CPUS))
+    dataset = in_small_blocks(ray.data.read_parquet(rows, include_row_hash=True, num_cpus=IO_CPUS))
+    return dataset, source_columns(SourceConfig(uri=rows))

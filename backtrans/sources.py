@@ -18,13 +18,16 @@ from __future__ import annotations
 import glob as globlib
 import os
 from dataclasses import dataclass
+from itertools import islice
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import ray
 
 from backtrans.config import SourceConfig
-from backtrans.jsonl_datasource import ROW_ID_COLUMN, JsonlDatasource
+from backtrans.jsonl_datasource import ROW_ID_COLUMN, ROWS_PER_BLOCK, JsonlDatasource, records
 from backtrans.resources import IO_CPUS, map_blocks
 
 HF_PREFIX = "hf://"
@@ -180,10 +183,40 @@ def read_source(source: SourceConfig, metrics_actor: str | None = None) -> ray.d
     return map_blocks(dataset, _rename_and_id, source.rename)
 
 
-def require_columns(dataset: ray.data.Dataset, required: list[str], source: SourceConfig) -> None:
-    """Fail before any request when a column the stages need is missing (after `rename`)."""
-    schema = dataset.schema()
-    present = list(schema.names) if schema is not None else []
+def _first_file(files: ResolvedFiles, uri: str) -> tuple[pafs.FileSystem, str]:
+    """The source's first file, and a pyarrow filesystem that opens it."""
+    if files.filesystem is not None:  # the Hub's fsspec filesystem
+        return pafs.PyFileSystem(pafs.FSSpecHandler(files.filesystem)), files.paths[0]
+    filesystem, path = pafs.FileSystem.from_uri(files.paths[0])
+    if filesystem.get_file_info(path).type == pafs.FileType.Directory:  # a remote folder Ray expands
+        inside = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+        found = sorted(info.path for info in inside if info.path.endswith(PARQUET_SUFFIXES + JSON_SUFFIXES))
+        if not found:
+            raise SourceError(f"source.uri {uri}: no .parquet or .jsonl files found")
+        path = found[0]
+    return filesystem, path
+
+
+def source_columns(source: SourceConfig) -> list[str]:
+    """The columns `read_source` gives, told from the first file alone: its Parquet footer, or the
+    keys of its first JSON Lines records. Read on the driver because a Ray Data schema probe of a
+    JSONL source reads a whole file before the job starts (seconds per 100,000 lines)."""
+    files = resolve_files(source)
+    filesystem, path = _first_file(files, source.uri)
+    if files.file_format == "parquet":
+        names = pq.read_schema(path, filesystem=filesystem).names
+    else:
+        with filesystem.open_input_stream(path, compression="detect") as f:
+            first = [record for _, record in islice(records(f, path, source.bad_lines, []), ROWS_PER_BLOCK)]
+        names = list(dict.fromkeys(key for record in first for key in record))
+    columns = [source.rename.get(name, name) for name in names if name != ROW_ID_COLUMN] + [ROW_ID_COLUMN]
+    return columns if STABLE_ID_COLUMN in columns else [*columns, STABLE_ID_COLUMN]
+
+
+def require_columns(source: SourceConfig, required: list[str]) -> list[str]:
+    """Fail before any request when a column the stages need is missing (after `rename`);
+    return the source's columns."""
+    present = source_columns(source)
     for column in required:
         if column not in present:
             shown = ", ".join(name for name in present if name != ROW_ID_COLUMN) or "none"
@@ -193,3 +226,4 @@ def require_columns(dataset: ray.data.Dataset, required: list[str], source: Sour
                 else ""
             )
             raise SourceError(f"column {column!r} is missing from {source.uri}; columns: {shown}{hint}")
+    return present

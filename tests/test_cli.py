@@ -2,6 +2,7 @@
 
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -114,7 +115,8 @@ def _submit(dashboard: int, env: dict, *entrypoint: str, options: tuple[str, ...
 @pytest.mark.skipif(shutil.which("ray") is None, reason="the ray CLI comes with ray[default]")
 def test_ray_job_submit_against_a_local_head_and_resume_after_ray_job_stop(tmp_path):
     ray.shutdown()  # one Ray per machine here: the session's local Ray restarts on demand afterwards
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}  # Ray 2.60 heads use token auth
+    # Ray 2.60 heads use token auth; the head, `ray job` and the job's driver all read this token.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     env.pop("RAY_ADDRESS", None)
     dashboard = _free_port()
     address = ["--address", f"http://127.0.0.1:{dashboard}"]
@@ -125,10 +127,11 @@ def test_ray_job_submit_against_a_local_head_and_resume_after_ray_job_stop(tmp_p
         demo = _submit(dashboard, env, "jobs/self_curation.py", "jobs/configs/demo.yaml",
                        "--set", f"output.path={tmp_path / 'out'}")  # fmt: skip
 
-        # A second job, stopped with `ray job stop` part way, then submitted again.
-        with Simulator(SimulatorConfig(latency_ms=150)) as sim:
+        # A second job, stopped with `ray job stop` part way, then submitted again. It is slow on purpose
+        # (about 40 s of requests) so that the stop lands well before it ends, even on a fast machine.
+        with Simulator(SimulatorConfig(latency_ms=500)) as sim:
             source = write_pairs_jsonl(tmp_path / "pairs.jsonl", rows)
-            config = write_score_job(tmp_path / "job.yaml", source, output, sim.url, concurrency=8, rows_per_file=16)
+            config = write_score_job(tmp_path / "job.yaml", source, output, sim.url, concurrency=4, rows_per_file=16)
             first = _submit(dashboard, env, "jobs/self_curation.py", str(config),
                             options=("--no-wait", "--submission-id", "backtrans-stopped"))  # fmt: skip
             assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
