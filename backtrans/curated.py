@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,7 +19,7 @@ import pyarrow.parquet as pq
 import ray
 
 from backtrans.config import CurationConfig
-from backtrans.output import OutputFolder
+from backtrans.output import OutputFolder, count_rows, scan_columns
 from backtrans.resources import IO_CPUS, map_blocks
 from backtrans.sources import read_source
 
@@ -69,46 +70,56 @@ def _data_files(directory: str) -> list[str]:
     return sorted(glob.glob(os.path.join(directory, "*.parquet")))
 
 
+def _write_subset(
+    folder: OutputFolder, name: str, min_score: int, seed: ray.data.Dataset | None, schema: pa.Schema, min_rows: int
+) -> int:
+    target = folder.curated(name)
+    rows = map_blocks(ray.data.read_parquet(folder.data, num_cpus=IO_CPUS), _scored_at_least, min_score)
+    if seed is not None:
+        rows = rows.union(seed)
+    rows.write_parquet(target, min_rows_per_file=min_rows, ray_remote_args={"num_cpus": IO_CPUS})
+    if not _data_files(target):  # Ray writes no file for no rows; the Hub config needs one
+        os.makedirs(target, exist_ok=True)
+        pq.write_table(schema.empty_table(), os.path.join(target, "empty.parquet"))
+    return count_rows(target)
+
+
 def write_subsets(folder: OutputFolder, curation: CurationConfig, min_rows_per_file: int) -> dict[str, int]:
-    """Write every curated subset from `data/`; return the rows in each."""
+    """Write every curated subset from `data/`; return the rows in each.
+
+    The subsets are independent Ray Data plans, run side by side: each is seconds of scheduling for
+    little work, so one after the other they would add up at the end of every run.
+    """
     schema = pq.read_schema(_data_files(folder.data)[0])
     seed = None
     if curation.seed is not None:
         seed = map_blocks(read_source(curation.seed), _as_subset_rows, schema)
-    sizes = {}
     shutil.rmtree(os.path.join(folder.root, "curated"), ignore_errors=True)
-    for name, min_score in curation.subsets.items():
-        target = folder.curated(name)
-        rows = ray.data.read_parquet(folder.data, num_cpus=IO_CPUS)
-        rows = map_blocks(rows, _scored_at_least, min_score)
-        if seed is not None:
-            rows = rows.union(seed)
-        rows.write_parquet(target, min_rows_per_file=min_rows_per_file, ray_remote_args={"num_cpus": IO_CPUS})
-        if not _data_files(target):  # Ray writes no file for no rows; the Hub config needs one
-            os.makedirs(target, exist_ok=True)
-            pq.write_table(schema.empty_table(), os.path.join(target, "empty.parquet"))
-        sizes[name] = sum(pq.read_metadata(path).num_rows for path in _data_files(target))
-    return sizes
+    with ThreadPoolExecutor(max_workers=len(curation.subsets)) as pool:
+        sizes = {
+            name: pool.submit(_write_subset, folder, name, min_score, seed, schema, min_rows_per_file)
+            for name, min_score in curation.subsets.items()
+        }
+        return {name: size.result() for name, size in sizes.items()}
 
 
-def _moves(batch: pa.Table, subsets: dict[str, int]) -> pa.Table:
-    names, entered, left = [], [], []
+def _moves(batch: pa.RecordBatch, subsets: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """Per subset: (rows that entered it, rows that left it) in this batch."""
+    moves = {}
     for name, min_score in subsets.items():
-        now = pc.fill_null(pc.greater_equal(batch["score"], min_score), False)
-        before = pc.fill_null(pc.greater_equal(batch["score_prev"], min_score), False)
-        names.append(name)
-        entered.append(pc.sum(pc.and_(now, pc.invert(before))).as_py() or 0)
-        left.append(pc.sum(pc.and_(before, pc.invert(now))).as_py() or 0)
-    return pa.table({"subset": names, "entered": entered, "left": left})
+        now = pc.fill_null(pc.greater_equal(batch.column("score"), min_score), False)
+        before = pc.fill_null(pc.greater_equal(batch.column("score_prev"), min_score), False)
+        entered = pc.sum(pc.and_(now, pc.invert(before))).as_py() or 0
+        left = pc.sum(pc.and_(before, pc.invert(now))).as_py() or 0
+        moves[name] = (entered, left)
+    return moves
 
 
 def subset_moves(folder: OutputFolder, subsets: dict[str, int]) -> dict[str, dict[str, int]]:
-    """For a re-scored output (`score_prev` kept): how many pairs entered and left each subset.
-    Counted per block on the workers; a few numbers per block reach the driver."""
-    scores = ray.data.read_parquet(folder.data, num_cpus=IO_CPUS).select_columns(["score", "score_prev"])
+    """For a re-scored output (`score_prev` kept): how many pairs entered and left each subset."""
     moves = {name: {"entered": 0, "left": 0} for name in subsets}
-    per_block = map_blocks(scores, _moves, subsets)
-    for part in per_block.iter_rows():
-        moves[part["subset"]]["entered"] += part["entered"]
-        moves[part["subset"]]["left"] += part["left"]
+    for batch in scan_columns(folder.data, ["score", "score_prev"]):
+        for name, (entered, left) in _moves(batch, subsets).items():
+            moves[name]["entered"] += entered
+            moves[name]["left"] += left
     return moves

@@ -1,8 +1,9 @@
 """The run summary: what is in the output (rows, score histogram) and what this run spent.
 
-Rows and scores are counted from the written Parquet by Ray Data, so they describe the whole output
-even when it was finished over several resumed runs; requests, tokens and failures come from the
-stage actors' counters for this run. Nothing here holds a key: the config keeps only variable names.
+Rows and scores are counted from the written Parquet (footers, and the `score` column streamed on
+the driver), so they describe the whole output even when it was finished over several resumed runs;
+requests, tokens and failures come from the stage actors' counters for this run. Nothing here holds
+a key: the config keeps only variable names.
 """
 
 from __future__ import annotations
@@ -12,18 +13,11 @@ import os
 import platform
 import time
 
-import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
 from backtrans.config import JobConfig
-from backtrans.output import OutputFolder
-from backtrans.resources import map_blocks
-
-
-def _count_scores(batch: pa.Table) -> pa.Table:
-    counts = pc.value_counts(batch["score"])
-    return pa.table({"score": counts.field("values"), "rows": counts.field("counts")})
+from backtrans.output import OutputFolder, count_rows, scan_columns
 
 
 def _written(folder: OutputFolder) -> bool:
@@ -31,12 +25,11 @@ def _written(folder: OutputFolder) -> bool:
 
 
 def score_histogram(folder: OutputFolder) -> dict[str, int]:
-    # Counted per block on the workers; only a handful of (score, rows) pairs per block reach the
-    # driver. (A groupby would shuffle through 200 partitions for six keys.)
-    scored = ray.data.read_parquet(folder.data).select_columns(["score"])
     histogram = {str(score): 0 for score in range(1, 6)} | {"null": 0}
-    for part in map_blocks(scored, _count_scores).iter_rows():
-        histogram["null" if part["score"] is None else str(part["score"])] += part["rows"]
+    for batch in scan_columns(folder.data, ["score"]):
+        counts = pc.value_counts(batch.column("score"))
+        for score, rows in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True):
+            histogram["null" if score is None else str(score)] += rows
     return histogram
 
 
@@ -49,7 +42,7 @@ def build_summary(
         scores = score_histogram(folder)
         rows = sum(scores.values())
     else:
-        scores, rows = None, ray.data.read_parquet(folder.data).count()
+        scores, rows = None, count_rows(folder.data)
     stage_counts = dict(stage_counts)
     source_counts = stage_counts.pop("source", {})  # the reader's counts; every other key is a stage
     failures = {
