@@ -19,7 +19,7 @@ from ray.data.datasource import FileBasedDatasource
 
 ROW_ID_COLUMN = "row_hash"
 # Rows are parsed and handed to Ray in tables of this many, so a big file streams. (Ray's read task
-# merges them into blocks of up to 128 MiB; the job splits those again for the stages, see job.py.)
+# merges them into blocks of up to the plan's target block size, see sources.SOURCE_BLOCK_BYTES.)
 ROWS_PER_BLOCK = 64
 
 logger = logging.getLogger(__name__)

@@ -31,9 +31,10 @@ from backtrans.jsonl_datasource import ROW_ID_COLUMN, ROWS_PER_BLOCK, JsonlDatas
 from backtrans.resources import IO_CPUS, map_blocks
 
 HF_PREFIX = "hf://"
-# Parquet sources come in blocks of up to this many bytes (~64 rows of web text) instead of Ray's
-# 128 MiB: a block is the unit the stages stream and the checkpoint records, so a killed run re-pays
-# for at most the blocks in flight, and even a single file feeds every actor.
+# Sources come in blocks of up to this many bytes (~64 rows of web text) instead of Ray's 128 MiB:
+# a block is the unit the stages stream and the checkpoint records, so a killed run re-pays for at
+# most the blocks in flight, even a single file feeds every actor, and the first requests go out
+# once the first block is read, not the whole first file.
 SOURCE_BLOCK_BYTES = 128 * 1024
 PARQUET_SUFFIXES = (".parquet",)
 JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
@@ -132,13 +133,12 @@ def resolve_files(source: SourceConfig) -> ResolvedFiles:
 def _read(files: ResolvedFiles, source: SourceConfig, metrics_actor: str | None = None) -> ray.data.Dataset:
     if files.file_format == "parquet":
         rows = ray.data.read_parquet(files.paths, filesystem=files.filesystem, include_row_hash=True, num_cpus=IO_CPUS)
-        return in_small_blocks(rows)
-    return ray.data.read_datasource(
-        JsonlDatasource(
+    else:
+        jsonl = JsonlDatasource(
             files.paths, filesystem=files.filesystem, bad_lines=source.bad_lines, metrics_actor=metrics_actor
-        ),
-        num_cpus=IO_CPUS,
-    )
+        )
+        rows = ray.data.read_datasource(jsonl, num_cpus=IO_CPUS)
+    return in_small_blocks(rows)
 
 
 def in_small_blocks(dataset: ray.data.Dataset) -> ray.data.Dataset:
