@@ -119,7 +119,10 @@ class SegmentsConfig(_Strict):
 class OutputConfig(_Strict):
     path: str = "out/instruction-backtranslation"
     columns: list[str] = Field(default_factory=lambda: list(DEFAULT_COLUMNS))
-    min_rows_per_file: int = Field(default=50_000, ge=1)
+    min_rows_per_file: int = Field(default=50_000, ge=1)  # rows per shard of a finished output
+    # Rows per committed write while the job runs: finished rows that are not yet committed are sent
+    # again after a kill, so this bounds what a kill costs (besides the rows in flight).
+    commit_rows: int = Field(default=1024, ge=1)
     mode: Literal["resume", "overwrite"] = "resume"
 
 

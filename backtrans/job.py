@@ -17,6 +17,7 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from backtrans.card import render_card
+from backtrans.compaction import compact, finish_compaction
 from backtrans.config import JobConfig, StageConfig
 from backtrans.curated import MESSAGES_COLUMN, SEED_TAG, WEB_TAG, add_messages, subset_moves, write_subsets
 from backtrans.endpoints import chat_kwargs, read_api_key
@@ -226,6 +227,7 @@ def run_job(config: JobConfig) -> RunResult:
             probe(name, stage, base_urls[name], api_key)  # before the corpus is read or anything written
 
         folder = OutputFolder(os.path.abspath(config.output.path))
+        finish_compaction(folder)  # a run killed while it swapped in compacted shards
         state = folder.prepare(config.output.mode)
         if state == "skip":
             return RunResult(folder.root, state, None, None)
@@ -242,6 +244,7 @@ def run_job(config: JobConfig) -> RunResult:
             write_rows(_with_messages(dataset, config), folder, config.output)
         except Exception as error:
             _stop(error, config, folder, metrics, started, state)
+        compact(folder, config.output.min_rows_per_file)
 
     summary = _summary(config, folder, metrics, started, state)
     if summary["rows"]:

@@ -8,6 +8,7 @@ Layout of `output.path`:
     run_summary.json    counts, scores, failures, tokens, timings; `"complete": true` marks a finished output
     .checkpoint/        Ray Data's checkpoint of written row ids while a run is unfinished
     .segments/          web jobs: the filtered segments the LLM stages read, and the filter counts
+    .compact/           a finished run's shards while they are rewritten into few big ones (compaction.py)
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ class OutputFolder:
     @property
     def segments(self) -> str:
         return os.path.join(self.root, ".segments")
+
+    @property
+    def compact(self) -> str:
+        return os.path.join(self.root, ".compact")
 
     @property
     def plot(self) -> str:
@@ -122,7 +127,8 @@ def _keep_columns(batch: pa.Table, columns: list[str]) -> pa.Table:
 
 
 def write_rows(dataset: ray.data.Dataset, folder: OutputFolder, output: OutputConfig) -> None:
-    """Keep `output.columns` (plus the id Ray's checkpointing needs) and write Parquet shards."""
+    """Keep `output.columns` (plus the id Ray's checkpointing needs) and write Parquet shards of
+    `output.commit_rows` rows: Ray's checkpoint records a row when the write task holding it ends."""
     columns = list(output.columns)
     if ROW_ID_COLUMN not in columns:
         columns.append(ROW_ID_COLUMN)
@@ -130,7 +136,7 @@ def write_rows(dataset: ray.data.Dataset, folder: OutputFolder, output: OutputCo
     # Only this plan is checkpointed: it starts with the Read and ends with the Write, as Ray requires.
     kept.context.checkpoint_config = checkpoint_config(folder)
     sink_class = ParquetDatasink if ROW_ID_COLUMN in output.columns else _ParquetWithoutRowIds
-    sink = sink_class(folder.data, min_rows_per_file=output.min_rows_per_file, dataset_uuid=kept._uuid)
+    sink = sink_class(folder.data, min_rows_per_file=output.commit_rows, dataset_uuid=kept._uuid)
     kept.write_datasink(sink, ray_remote_args={"num_cpus": IO_CPUS})
 
 

@@ -109,11 +109,11 @@ def wait_until_quiet(sim, quiet_s: float = 3.0, limit_s: float = 60.0) -> None:
             seen, changed = now, time.time()
 
 
-def write_score_job(path: Path, source: Path, output: Path, base_url: str, *, concurrency: int, rows_per_file: int):
+def write_score_job(path: Path, source: Path, output: Path, base_url: str, *, concurrency: int, commit_rows: int):
     """A score-only job YAML for the CLI and `ray job submit` tests: instruction and score kept."""
     path.write_text(
         f"source: {{uri: {source}}}\n"
         f"score: {{backend: openai, base_url: '{base_url}', model: judge, max_concurrency: {concurrency}}}\n"
-        f"output: {{path: {output}, min_rows_per_file: {rows_per_file}, columns: [instruction, score]}}\n"
+        f"output: {{path: {output}, commit_rows: {commit_rows}, columns: [instruction, score]}}\n"
     )
     return path

@@ -131,7 +131,7 @@ def test_ray_job_submit_against_a_local_head_and_resume_after_ray_job_stop(tmp_p
         # (about 40 s of requests) so that the stop lands well before it ends, even on a fast machine.
         with Simulator(SimulatorConfig(latency_ms=500)) as sim:
             source = write_pairs_jsonl(tmp_path / "pairs.jsonl", rows)
-            config = write_score_job(tmp_path / "job.yaml", source, output, sim.url, concurrency=4, rows_per_file=16)
+            config = write_score_job(tmp_path / "job.yaml", source, output, sim.url, concurrency=4, commit_rows=16)
             first = _submit(dashboard, env, "jobs/self_curation.py", str(config),
                             options=("--no-wait", "--submission-id", "backtrans-stopped"))  # fmt: skip
             assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]

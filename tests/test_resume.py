@@ -19,7 +19,7 @@ from tests.helpers import checkpointed_ids, wait_until_quiet, write_pairs_jsonl,
 REPO = Path(__file__).resolve().parents[1]
 ROWS = 400
 SCORE_CONCURRENCY = 8
-ROWS_PER_FILE = 16
+COMMIT_ROWS = 16
 
 
 def _cli(config: Path, **popen):
@@ -42,7 +42,7 @@ def test_sigkill_then_rerun_writes_every_row_once(tmp_path):
     output = tmp_path / "out"
     with Simulator(SimulatorConfig(latency_ms=150)) as sim:
         config = write_score_job(
-            tmp_path / "job.yaml", source, output, sim.url, concurrency=SCORE_CONCURRENCY, rows_per_file=ROWS_PER_FILE
+            tmp_path / "job.yaml", source, output, sim.url, concurrency=SCORE_CONCURRENCY, commit_rows=COMMIT_ROWS
         )
         first = _cli(config, start_new_session=True)  # its own process group: the local Ray dies with it
         deadline = time.time() + 240
@@ -85,6 +85,8 @@ def test_sigkill_then_rerun_writes_every_row_once(tmp_path):
     print(f"rows in flight at the kill {len(in_flight_at_kill)}, re-sent {len(resent & sent_in_first_run)}")
     # The done-when bound of the resume issue: every row once, plus at most the rows in flight at the kill.
     assert total_score_requests <= ROWS + len(in_flight_at_kill)
+    # The run committed shards of COMMIT_ROWS; the finished output is compacted to one 400-row shard.
+    assert len(list((output / "data").glob("*.parquet"))) == 1 and not (output / ".compact").exists()
 
 
 def _stage_actor_pids(stage_class: str) -> list[int]:

@@ -1,0 +1,59 @@
+"""Compaction: the small shards a run commits become few shards of `output.min_rows_per_file` rows.
+
+Ray Data's checkpoint records a row when the write task that holds it ends, and a write task takes
+at least `min_rows_per_file` rows. Writing 50,000-row shards during the run would leave up to
+50,000 finished, paid-for rows uncommitted at any moment, all sent again after a kill. So a run
+commits every `output.commit_rows` rows, and a finished run rewrites its shards into big ones with
+Ray Data: first into `OUTPUT/.compact/`, then a marker that names the shards they replace, then the
+swap. A run killed during the swap finishes it when the job starts again (`finish_compaction`);
+one killed before the marker leaves `data/` as it was. The checkpoint holds row ids, not file
+names, so it stays valid throughout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import shutil
+
+import ray
+
+from backtrans.output import OutputFolder, count_rows
+from backtrans.resources import IO_CPUS
+
+MARKER = "_replaces.json"
+
+
+def _shards(directory: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(directory, "*.parquet")))
+
+
+def compact(folder: OutputFolder, min_rows_per_file: int) -> None:
+    """Rewrite `data/` into shards of at least `min_rows_per_file` rows, unless it already is."""
+    shards = _shards(folder.data)
+    if len(shards) <= 1 or len(shards) <= count_rows(folder.data) // min_rows_per_file + 1:
+        return
+    shutil.rmtree(folder.compact, ignore_errors=True)
+    rows = ray.data.read_parquet(folder.data, num_cpus=IO_CPUS)
+    rows.write_parquet(folder.compact, min_rows_per_file=min_rows_per_file, ray_remote_args={"num_cpus": IO_CPUS})
+    with open(os.path.join(folder.compact, MARKER), "w", encoding="utf-8") as f:
+        json.dump([os.path.basename(shard) for shard in shards], f)
+    finish_compaction(folder)
+
+
+def finish_compaction(folder: OutputFolder) -> None:
+    """Swap compacted shards into `data/` if a compaction got as far as its marker; else drop them."""
+    marker = os.path.join(folder.compact, MARKER)
+    if not os.path.exists(marker):
+        shutil.rmtree(folder.compact, ignore_errors=True)
+        return
+    with open(marker, encoding="utf-8") as f:
+        replaced = json.load(f)
+    for name in replaced:
+        with contextlib.suppress(FileNotFoundError):  # removed before an earlier swap was cut short
+            os.remove(os.path.join(folder.data, name))
+    for shard in _shards(folder.compact):
+        os.replace(shard, os.path.join(folder.data, os.path.basename(shard)))
+    shutil.rmtree(folder.compact)
