@@ -91,6 +91,9 @@ def _template_path(name: str, stage: StageConfig) -> str:
 
 
 def _required_columns(config: JobConfig) -> list[str]:
+    """The columns the source must have, after `rename`."""
+    if config.segments is not None:
+        return [config.segments.text_column]
     if config.augment is not None:
         return ["generation"]  # the segment the backward model writes an instruction for
     return ["instruction"] if config.generate is not None else ["instruction", "generation"]
@@ -163,12 +166,13 @@ def _simulated(config: JobConfig) -> bool:
     return any(stage.backend == "simulated" for stage in _active_stages(config).values())
 
 
-def _read_candidates(config: JobConfig, folder: OutputFolder, metrics_name: str) -> tuple[ray.data.Dataset, list[str]]:
+def _read_candidates(
+    config: JobConfig, folder: OutputFolder, metrics_name: str, source_columns: list[str]
+) -> tuple[ray.data.Dataset, list[str]]:
     """The rows the LLM stages work on, and their columns: the source, or for web corpora its
     filtered segments."""
     if config.segments is None:
-        columns = require_columns(config.source, _required_columns(config))
-        return read_source(config.source, metrics_name), columns
+        return read_source(config.source, metrics_name), source_columns
     counts = write_segments(config, folder, metrics_name)
     if not counts["kept"]:
         raise JobError(f"segments: the filter removed all {counts['rows_in']} documents of {config.source.uri}")
@@ -225,6 +229,8 @@ def run_job(config: JobConfig) -> RunResult:
             base_urls[name] = simulator_url if stage.backend == "simulated" else _resolve_base_url(stage)
             api_key = None if stage.backend == "simulated" else read_api_key(stage, name)
             probe(name, stage, base_urls[name], api_key)  # before the corpus is read or anything written
+        # From the first file's head, before anything is written or any Ray work starts.
+        source_columns = require_columns(config.source, _required_columns(config))
 
         folder = OutputFolder(os.path.abspath(config.output.path))
         finish_compaction(folder)  # a run killed while it swapped in compacted shards
@@ -234,9 +240,9 @@ def run_job(config: JobConfig) -> RunResult:
 
         metrics_name = f"backtrans-metrics-{uuid.uuid4().hex[:8]}"
         metrics = start_metrics(metrics_name)
-        dataset, columns = _read_candidates(config, folder, metrics_name)
+        dataset, columns = _read_candidates(config, folder, metrics_name, source_columns)
         _check_output_columns(config, columns)
-        # Reads merge rows into blocks of up to 128 MiB; the stages want many small ones (see ROWS_PER_TASK).
+        # Reads give blocks of up to 128 KiB (sources.SOURCE_BLOCK_BYTES); the stages want 64 rows (ROWS_PER_TASK).
         dataset = dataset.repartition(target_num_rows_per_block=ROWS_PER_TASK)
         for name, stage in _active_stages(config).items():
             dataset = _add_stage(dataset, _stage_spec(name, stage, base_urls[name], metrics_name))

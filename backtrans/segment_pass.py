@@ -21,7 +21,7 @@ from backtrans.jsonl_datasource import ROW_ID_COLUMN
 from backtrans.output import OutputFolder
 from backtrans.resources import IO_CPUS, map_blocks
 from backtrans.segments import filter_segments
-from backtrans.sources import in_small_blocks, read_source, require_columns, source_columns
+from backtrans.sources import in_small_blocks, read_source, source_columns
 
 COUNTS_FILE = "filter_counts.json"
 ROWS_DIR = "rows"
@@ -52,7 +52,6 @@ def write_segments(config: JobConfig, folder: OutputFolder, metrics_actor: str) 
     if done is not None:
         return done
     shutil.rmtree(folder.segments, ignore_errors=True)  # a pass that was cut short starts again
-    require_columns(config.source, [config.segments.text_column])
     documents = read_source(config.source, metrics_actor)
     kept, counter = filter_segments(documents, config.segments)
     candidates = map_blocks(kept, _as_candidate, config.segments.text_column)
