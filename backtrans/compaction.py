@@ -13,26 +13,21 @@ names, so it stays valid throughout.
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
 import shutil
 
 import ray
 
-from backtrans.output import OutputFolder, count_rows
+from backtrans.output import OutputFolder, count_rows, parquet_files
 from backtrans.resources import IO_CPUS
 
 MARKER = "_replaces.json"
 
 
-def _shards(directory: str) -> list[str]:
-    return sorted(glob.glob(os.path.join(directory, "*.parquet")))
-
-
 def compact(folder: OutputFolder, min_rows_per_file: int) -> None:
     """Rewrite `data/` into shards of at least `min_rows_per_file` rows, unless it already is."""
-    shards = _shards(folder.data)
+    shards = parquet_files(folder.data)
     if len(shards) <= 1 or len(shards) <= count_rows(folder.data) // min_rows_per_file + 1:
         return
     shutil.rmtree(folder.compact, ignore_errors=True)
@@ -54,6 +49,6 @@ def finish_compaction(folder: OutputFolder) -> None:
     for name in replaced:
         with contextlib.suppress(FileNotFoundError):  # removed before an earlier swap was cut short
             os.remove(os.path.join(folder.data, name))
-    for shard in _shards(folder.compact):
+    for shard in parquet_files(folder.compact):
         os.replace(shard, os.path.join(folder.data, os.path.basename(shard)))
     shutil.rmtree(folder.compact)

@@ -8,7 +8,6 @@ fine-tuned on curated augmented data and seed data, each marked by a system prom
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,7 @@ import pyarrow.parquet as pq
 import ray
 
 from backtrans.config import CurationConfig
-from backtrans.output import OutputFolder, count_rows, scan_columns
+from backtrans.output import OutputFolder, count_rows, parquet_files, scan_columns
 from backtrans.resources import IO_CPUS, map_blocks
 from backtrans.sources import read_source
 
@@ -66,10 +65,6 @@ def _as_subset_rows(batch: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def _data_files(directory: str) -> list[str]:
-    return sorted(glob.glob(os.path.join(directory, "*.parquet")))
-
-
 def _write_subset(
     folder: OutputFolder, name: str, min_score: int, seed: ray.data.Dataset | None, schema: pa.Schema, min_rows: int
 ) -> int:
@@ -78,7 +73,7 @@ def _write_subset(
     if seed is not None:
         rows = rows.union(seed)
     rows.write_parquet(target, min_rows_per_file=min_rows, ray_remote_args={"num_cpus": IO_CPUS})
-    if not _data_files(target):  # Ray writes no file for no rows; the Hub config needs one
+    if not parquet_files(target):  # Ray writes no file for no rows; the Hub config needs one
         os.makedirs(target, exist_ok=True)
         pq.write_table(schema.empty_table(), os.path.join(target, "empty.parquet"))
     return count_rows(target)
@@ -90,7 +85,7 @@ def write_subsets(folder: OutputFolder, curation: CurationConfig, min_rows_per_f
     The subsets are independent Ray Data plans, run side by side: each is seconds of scheduling for
     little work, so one after the other they would add up at the end of every run.
     """
-    schema = pq.read_schema(_data_files(folder.data)[0])
+    schema = pq.read_schema(parquet_files(folder.data)[0])
     seed = None
     if curation.seed is not None:
         seed = map_blocks(read_source(curation.seed), _as_subset_rows, schema)

@@ -30,7 +30,7 @@ from backtrans.preflight import probe
 from backtrans.prompts import BACKWARD, INSTRUCTION, SEGMENT, SELF_CURATION, load_template
 from backtrans.resources import IO_CPUS, map_blocks
 from backtrans.segment_pass import filter_counts, read_segments, write_segments
-from backtrans.sources import read_source, require_columns
+from backtrans.sources import ResolvedFiles, read_source, require_columns, resolve_files
 from backtrans.stages import ERROR_COLUMN, AugmentStage, GenerateStage, LLMStage, ScoreStage, StageSpec
 from backtrans.summary import build_summary, write_summary
 
@@ -167,13 +167,13 @@ def _simulated(config: JobConfig) -> bool:
 
 
 def _read_candidates(
-    config: JobConfig, folder: OutputFolder, metrics_name: str, source_columns: list[str]
+    config: JobConfig, folder: OutputFolder, metrics_name: str, source_files: ResolvedFiles, source_columns: list[str]
 ) -> tuple[ray.data.Dataset, list[str]]:
     """The rows the LLM stages work on, and their columns: the source, or for web corpora its
     filtered segments."""
     if config.segments is None:
-        return read_source(config.source, metrics_name), source_columns
-    counts = write_segments(config, folder, metrics_name)
+        return read_source(config.source, metrics_name, source_files), source_columns
+    counts = write_segments(config, folder, metrics_name, source_files)
     if not counts["kept"]:
         raise JobError(f"segments: the filter removed all {counts['rows_in']} documents of {config.source.uri}")
     return read_segments(folder)
@@ -230,7 +230,8 @@ def run_job(config: JobConfig) -> RunResult:
             api_key = None if stage.backend == "simulated" else read_api_key(stage, name)
             probe(name, stage, base_urls[name], api_key)  # before the corpus is read or anything written
         # From the first file's head, before anything is written or any Ray work starts.
-        source_columns = require_columns(config.source, _required_columns(config))
+        source_files = resolve_files(config.source)  # once: for the Hub, it is several requests
+        source_columns = require_columns(config.source, source_files, _required_columns(config))
 
         folder = OutputFolder(os.path.abspath(config.output.path))
         finish_compaction(folder)  # a run killed while it swapped in compacted shards
@@ -240,7 +241,7 @@ def run_job(config: JobConfig) -> RunResult:
 
         metrics_name = f"backtrans-metrics-{uuid.uuid4().hex[:8]}"
         metrics = start_metrics(metrics_name)
-        dataset, columns = _read_candidates(config, folder, metrics_name, source_columns)
+        dataset, columns = _read_candidates(config, folder, metrics_name, source_files, source_columns)
         _check_output_columns(config, columns)
         # Reads give blocks of up to 128 KiB (sources.SOURCE_BLOCK_BYTES); the stages want 64 rows (ROWS_PER_TASK).
         dataset = dataset.repartition(target_num_rows_per_block=ROWS_PER_TASK)

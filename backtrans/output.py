@@ -13,6 +13,7 @@ Layout of `output.path`:
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -138,6 +139,11 @@ def write_rows(dataset: ray.data.Dataset, folder: OutputFolder, output: OutputCo
     sink_class = ParquetDatasink if ROW_ID_COLUMN in output.columns else _ParquetWithoutRowIds
     sink = sink_class(folder.data, min_rows_per_file=output.commit_rows, dataset_uuid=kept._uuid)
     kept.write_datasink(sink, ray_remote_args={"num_cpus": IO_CPUS})
+
+
+def parquet_files(directory: str) -> list[str]:
+    """The Parquet shards in a folder, in name order (none if the folder does not exist)."""
+    return sorted(glob.glob(os.path.join(directory, "*.parquet")))
 
 
 def scan_columns(directory: str, columns: list[str]) -> Iterator[pa.RecordBatch]:

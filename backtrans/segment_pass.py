@@ -21,7 +21,7 @@ from backtrans.jsonl_datasource import ROW_ID_COLUMN
 from backtrans.output import OutputFolder
 from backtrans.resources import IO_CPUS, map_blocks
 from backtrans.segments import filter_segments
-from backtrans.sources import in_small_blocks, read_source, source_columns
+from backtrans.sources import ResolvedFiles, in_small_blocks, read_source, source_columns
 
 COUNTS_FILE = "filter_counts.json"
 ROWS_DIR = "rows"
@@ -46,13 +46,13 @@ def filter_counts(folder: OutputFolder) -> dict | None:
         return None
 
 
-def write_segments(config: JobConfig, folder: OutputFolder, metrics_actor: str) -> dict:
+def write_segments(config: JobConfig, folder: OutputFolder, metrics_actor: str, files: ResolvedFiles) -> dict:
     """Run the segment filter over the source (unless an earlier run did); return its counts."""
     done = filter_counts(folder)
     if done is not None:
         return done
     shutil.rmtree(folder.segments, ignore_errors=True)  # a pass that was cut short starts again
-    documents = read_source(config.source, metrics_actor)
+    documents = read_source(config.source, metrics_actor, files)
     kept, counter = filter_segments(documents, config.segments)
     candidates = map_blocks(kept, _as_candidate, config.segments.text_column)
     candidates.write_parquet(

@@ -173,10 +173,13 @@ def _rename_and_id(batch: pa.Table, mapping: dict[str, str]) -> pa.Table:
     return batch.append_column(STABLE_ID_COLUMN, batch[ROW_ID_COLUMN])
 
 
-def read_source(source: SourceConfig, metrics_actor: str | None = None) -> ray.data.Dataset:
+def read_source(
+    source: SourceConfig, metrics_actor: str | None = None, files: ResolvedFiles | None = None
+) -> ray.data.Dataset:
     """The source as a lazy Dataset: read on the workers, `limit` applied by id, columns renamed,
-    `row_id` added. JSONL lines skipped under `bad_lines: skip` are counted by `metrics_actor`."""
-    files = resolve_files(source)
+    `row_id` added. JSONL lines skipped under `bad_lines: skip` are counted by `metrics_actor`.
+    `files`: the source already resolved (for the Hub, resolving is several requests)."""
+    files = files or resolve_files(source)
     dataset = _read(files, source, metrics_actor)
     if source.limit is not None:
         dataset = map_blocks(dataset, _keep_ids, _first_row_ids(files, source))
@@ -197,11 +200,11 @@ def _first_file(files: ResolvedFiles, uri: str) -> tuple[pafs.FileSystem, str]:
     return filesystem, path
 
 
-def source_columns(source: SourceConfig) -> list[str]:
+def source_columns(source: SourceConfig, files: ResolvedFiles | None = None) -> list[str]:
     """The columns `read_source` gives, told from the first file alone: its Parquet footer, or the
     keys of its first JSON Lines records. Read on the driver because a Ray Data schema probe of a
     JSONL source reads a whole file before the job starts (seconds per 100,000 lines)."""
-    files = resolve_files(source)
+    files = files or resolve_files(source)
     filesystem, path = _first_file(files, source.uri)
     if files.file_format == "parquet":
         names = pq.read_schema(path, filesystem=filesystem).names
@@ -213,10 +216,10 @@ def source_columns(source: SourceConfig) -> list[str]:
     return columns if STABLE_ID_COLUMN in columns else [*columns, STABLE_ID_COLUMN]
 
 
-def require_columns(source: SourceConfig, required: list[str]) -> list[str]:
+def require_columns(source: SourceConfig, files: ResolvedFiles, required: list[str]) -> list[str]:
     """Fail before any request when a column the stages need is missing (after `rename`);
     return the source's columns."""
-    present = source_columns(source)
+    present = source_columns(source, files)
     for column in required:
         if column not in present:
             shown = ", ".join(name for name in present if name != ROW_ID_COLUMN) or "none"

@@ -9,7 +9,6 @@ a key: the config keeps only variable names.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 
@@ -17,11 +16,7 @@ import pyarrow.compute as pc
 import ray
 
 from backtrans.config import JobConfig
-from backtrans.output import OutputFolder, count_rows, scan_columns
-
-
-def _written(folder: OutputFolder) -> bool:
-    return os.path.isdir(folder.data) and any(name.endswith(".parquet") for name in os.listdir(folder.data))
+from backtrans.output import OutputFolder, count_rows, parquet_files, scan_columns
 
 
 def score_histogram(folder: OutputFolder) -> dict[str, int]:
@@ -36,7 +31,7 @@ def score_histogram(folder: OutputFolder) -> dict[str, int]:
 def build_summary(
     config: JobConfig, folder: OutputFolder, stage_counts: dict, started: float, state: str, simulated: bool
 ) -> dict:
-    if not _written(folder):
+    if not parquet_files(folder.data):
         scores, rows = None, 0
     elif "score" in config.output.columns:
         scores = score_histogram(folder)
