@@ -5,9 +5,10 @@ at least `min_rows_per_file` rows. Writing 50,000-row shards during the run woul
 50,000 finished, paid-for rows uncommitted at any moment, all sent again after a kill. So a run
 commits every `output.commit_rows` rows, and a finished run rewrites its shards into big ones with
 Ray Data: first into `OUTPUT/.compact/`, then a marker that names the shards they replace, then the
-swap. A run killed during the swap finishes it when the job starts again (`finish_compaction`);
-one killed before the marker leaves `data/` as it was. The checkpoint holds row ids, not file
-names, so it stays valid throughout.
+swap. The job writes the compacted shards while it reads the committed ones for its summary and
+curated subsets, and swaps only when both are done. A run killed during the swap finishes it when
+the job starts again (`finish_compaction`); one killed before the marker leaves `data/` as it was.
+The checkpoint holds row ids, not file names, so it stays valid throughout.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from backtrans.resources import IO_CPUS
 MARKER = "_replaces.json"
 
 
-def compact(folder: OutputFolder, min_rows_per_file: int) -> None:
-    """Rewrite `data/` into shards of at least `min_rows_per_file` rows, unless it already is."""
+def write_compacted(folder: OutputFolder, min_rows_per_file: int) -> None:
+    """Write `data/` again into `.compact/` as shards of at least `min_rows_per_file` rows, unless it
+    already is; `finish_compaction` swaps them in."""
     shards = parquet_files(folder.data)
     if len(shards) <= 1 or len(shards) <= count_rows(folder.data) // min_rows_per_file + 1:
         return
@@ -35,7 +37,6 @@ def compact(folder: OutputFolder, min_rows_per_file: int) -> None:
     rows.write_parquet(folder.compact, min_rows_per_file=min_rows_per_file, ray_remote_args={"num_cpus": IO_CPUS})
     with open(os.path.join(folder.compact, MARKER), "w", encoding="utf-8") as f:
         json.dump([os.path.basename(shard) for shard in shards], f)
-    finish_compaction(folder)
 
 
 def finish_compaction(folder: OutputFolder) -> None:

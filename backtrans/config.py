@@ -51,7 +51,8 @@ class StageConfig(_Strict):
     reask_unparseable: bool = False  # score: ask once more when a reply has no parseable score
     timeout_s: float = Field(default=120, gt=0)
     max_retries: int = Field(default=6, ge=0)
-    actors: int = Field(default=2, ge=1)  # actor-pool size; max_concurrency is split across them
+    # Actor-pool size; max_concurrency is split across them. Null: one actor per 64 requests in flight.
+    actors: int | None = Field(default=None, ge=1)
     max_input_chars: int = Field(default=20_000, ge=1)  # longer text is a row failure, never sent
     generation_kwargs: dict[str, Any] = Field(default_factory=dict)
     template: str | None = None  # a prompt template file; null: the stage's default from prompts/

@@ -11,13 +11,14 @@ import math
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import ray
 from ray.data import ActorPoolStrategy
 
 from backtrans.card import render_card
-from backtrans.compaction import compact, finish_compaction
+from backtrans.compaction import finish_compaction, write_compacted
 from backtrans.config import JobConfig, StageConfig
 from backtrans.curated import MESSAGES_COLUMN, SEED_TAG, WEB_TAG, add_messages, subset_moves, write_subsets
 from backtrans.endpoints import chat_kwargs, read_api_key
@@ -28,7 +29,7 @@ from backtrans.output import PLOT_FILE, OutputFolder, write_rows
 from backtrans.plot import plot_scores
 from backtrans.preflight import probe
 from backtrans.prompts import BACKWARD, INSTRUCTION, SEGMENT, SELF_CURATION, load_template
-from backtrans.resources import IO_CPUS, map_blocks
+from backtrans.resources import IO_CPUS, configure_ray_data, map_blocks
 from backtrans.segment_pass import filter_counts, read_segments, write_segments
 from backtrans.sources import ResolvedFiles, read_source, require_columns, resolve_files
 from backtrans.stages import ERROR_COLUMN, AugmentStage, GenerateStage, LLMStage, ScoreStage, StageSpec
@@ -40,6 +41,7 @@ ROWS_PER_BATCH = 16
 ASYNC_BATCHES_PER_TASK = 4  # Ray Data's default for async batch UDFs
 # Rows per stage task: one task runs all its batches at once (the source reads blocks of this size).
 ROWS_PER_TASK = ROWS_PER_BATCH * ASYNC_BATCHES_PER_TASK
+REQUESTS_PER_ACTOR = 64  # requests in flight per stage actor when `actors` is not set
 STAGES: dict[str, type[LLMStage]] = {"augment": AugmentStage, "generate": GenerateStage, "score": ScoreStage}
 DEFAULT_TEMPLATES = {"augment": BACKWARD, "generate": INSTRUCTION, "score": SELF_CURATION}
 
@@ -121,7 +123,9 @@ def _simulators(config: JobConfig):
 
 
 def _stage_spec(name: str, stage: StageConfig, base_url: str | None, metrics_name: str) -> StageSpec:
-    actors = min(stage.actors, stage.max_concurrency)
+    # One actor keeps 64 requests in flight at ~1.6 ms of CPU each (BENCHMARKS.md); every further
+    # actor is a process that imports Ray Data and the client while the job starts.
+    actors = min(stage.actors or math.ceil(stage.max_concurrency / REQUESTS_PER_ACTOR), stage.max_concurrency)
     return StageSpec(
         name=name,
         config=stage.model_copy(update={"actors": actors}),
@@ -223,6 +227,7 @@ def _stop(error: Exception, config: JobConfig, folder: OutputFolder, metrics, st
 def run_job(config: JobConfig) -> RunResult:
     started = time.time()
     _check_before_spending(config)
+    configure_ray_data()
     with _simulators(config) as simulator_url:
         base_urls = {}
         for name, stage in _active_stages(config).items():
@@ -251,11 +256,16 @@ def run_job(config: JobConfig) -> RunResult:
             write_rows(_with_messages(dataset, config), folder, config.output)
         except Exception as error:
             _stop(error, config, folder, metrics, started, state)
-        compact(folder, config.output.min_rows_per_file)
 
-    summary = _summary(config, folder, metrics, started, state)
-    if summary["rows"]:
-        summary["curated"] = _curate(config, folder)
+    # Each of these is a Ray Data execution with seconds of fixed cost: run them side by side. The
+    # summary and subsets read the committed shards, so the compacted ones are swapped in after them.
+    with ThreadPoolExecutor(max_workers=1) as compaction:
+        compacted = compaction.submit(write_compacted, folder, config.output.min_rows_per_file)
+        summary = _summary(config, folder, metrics, started, state)
+        if summary["rows"]:
+            summary["curated"] = _curate(config, folder)
+        compacted.result()
+    finish_compaction(folder)
     if summary["scores"] is not None:
         plot_scores(summary["scores"], folder.plot, summary["simulated"])
         summary["plot"] = PLOT_FILE

@@ -1,10 +1,12 @@
-"""CPU requests for the job's I/O-bound work.
+"""How the job's plans share a small machine: CPU requests for I/O-bound work, and Ray Data settings.
 
 Ray Data hangs when actors hold every CPU of a small cluster (Ray issue #44687), and Ray's own
 checkpoint filter actor takes a whole CPU that cannot be configured. Reads, LLM stage actors and
 writes mostly wait on the network or disk, so each asks for a tenth of a CPU: on a 2-core laptop the
 whole plan fits beside the checkpoint filter.
 """
+
+import ray
 
 IO_CPUS = 0.1
 
@@ -15,3 +17,13 @@ def map_blocks(dataset, fn, *args):
     into blocks of thousands of rows), and IO_CPUS, so Ray fuses it into the task before it instead
     of scheduling it as an operator that waits for a whole CPU."""
     return dataset.map_batches(fn, fn_args=args, batch_format="pyarrow", batch_size=None, num_cpus=IO_CPUS)
+
+
+def configure_ray_data() -> None:
+    """Settings for every plan this driver builds (each Dataset copies the driver's DataContext)."""
+    # Ray Data's V2 Parquet reader lists footers with a pool of up to 32 new actor processes per
+    # `read_parquet` (RAY_DATA_PARQUET_FOOTER_NUM_ACTORS). On a 2-core machine that added ~14 s to a
+    # run with a Parquet source and ~6 s to the reads that compact and curate every output
+    # (BENCHMARKS.md). The V1 reader reads footers on the driver, or in tasks for many files, and
+    # gives the same `row_hash` ids, so checkpoints stay valid.
+    ray.data.DataContext.get_current().use_datasource_v2 = False

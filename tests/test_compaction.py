@@ -6,7 +6,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from backtrans.compaction import MARKER, compact, finish_compaction
+from backtrans.compaction import MARKER, finish_compaction, write_compacted
 from backtrans.output import OutputFolder
 
 
@@ -27,8 +27,10 @@ def _write_shards(directory, sizes: list[int], start: int = 0) -> list[str]:
 
 def test_compaction_rewrites_small_shards_into_min_rows_per_file(tmp_path, local_ray):
     folder = OutputFolder(str(tmp_path))
-    _write_shards(tmp_path / "data", [30] * 10)
-    compact(folder, min_rows_per_file=100)
+    committed = _write_shards(tmp_path / "data", [30] * 10)
+    write_compacted(folder, min_rows_per_file=100)
+    assert _shards(folder) == committed  # nothing is swapped in until finish_compaction
+    finish_compaction(folder)
     table = pq.read_table(folder.data)
     assert sorted(table.column("id").to_pylist()) == list(range(300))
     sizes = [pq.read_metadata(f"{folder.data}/{name}").num_rows for name in _shards(folder)]
@@ -36,7 +38,9 @@ def test_compaction_rewrites_small_shards_into_min_rows_per_file(tmp_path, local
     assert all(size >= 100 for size in sorted(sizes)[1:]), sizes  # all but one shard hold min_rows_per_file
     assert not (tmp_path / ".compact").exists()
     before = _shards(folder)
-    compact(folder, min_rows_per_file=100)  # already compact: left alone
+    write_compacted(folder, min_rows_per_file=100)  # already compact: left alone
+    assert not (tmp_path / ".compact").exists()
+    finish_compaction(folder)
     assert _shards(folder) == before
 
 
