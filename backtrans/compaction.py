@@ -21,7 +21,7 @@ import shutil
 import ray
 
 from backtrans.output import OutputFolder, count_rows, parquet_files
-from backtrans.resources import IO_CPUS
+from backtrans.resources import AFTER_STAGES_CPUS
 
 MARKER = "_replaces.json"
 
@@ -33,8 +33,10 @@ def write_compacted(folder: OutputFolder, min_rows_per_file: int) -> None:
     if len(shards) <= 1 or len(shards) <= count_rows(folder.data) // min_rows_per_file + 1:
         return
     shutil.rmtree(folder.compact, ignore_errors=True)
-    rows = ray.data.read_parquet(folder.data, num_cpus=IO_CPUS)
-    rows.write_parquet(folder.compact, min_rows_per_file=min_rows_per_file, ray_remote_args={"num_cpus": IO_CPUS})
+    rows = ray.data.read_parquet(folder.data, num_cpus=AFTER_STAGES_CPUS)
+    rows.write_parquet(
+        folder.compact, min_rows_per_file=min_rows_per_file, ray_remote_args={"num_cpus": AFTER_STAGES_CPUS}
+    )
     with open(os.path.join(folder.compact, MARKER), "w", encoding="utf-8") as f:
         json.dump([os.path.basename(shard) for shard in shards], f)
 

@@ -19,7 +19,7 @@ import ray
 
 from backtrans.config import CurationConfig
 from backtrans.output import OutputFolder, count_rows, parquet_files, scan_columns
-from backtrans.resources import IO_CPUS, map_blocks
+from backtrans.resources import AFTER_STAGES_CPUS, map_blocks
 from backtrans.sources import read_source
 
 # The paper's tags (section 2.3): augmented pairs and seed pairs are told apart by the system prompt.
@@ -69,10 +69,11 @@ def _write_subset(
     folder: OutputFolder, name: str, min_score: int, seed: ray.data.Dataset | None, schema: pa.Schema, min_rows: int
 ) -> int:
     target = folder.curated(name)
-    rows = map_blocks(ray.data.read_parquet(folder.data, num_cpus=IO_CPUS), _scored_at_least, min_score)
+    scored = ray.data.read_parquet(folder.data, num_cpus=AFTER_STAGES_CPUS)
+    rows = map_blocks(scored, _scored_at_least, min_score, num_cpus=AFTER_STAGES_CPUS)
     if seed is not None:
         rows = rows.union(seed)
-    rows.write_parquet(target, min_rows_per_file=min_rows, ray_remote_args={"num_cpus": IO_CPUS})
+    rows.write_parquet(target, min_rows_per_file=min_rows, ray_remote_args={"num_cpus": AFTER_STAGES_CPUS})
     if not parquet_files(target):  # Ray writes no file for no rows; the Hub config needs one
         os.makedirs(target, exist_ok=True)
         pq.write_table(schema.empty_table(), os.path.join(target, "empty.parquet"))

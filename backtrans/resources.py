@@ -9,14 +9,18 @@ whole plan fits beside the checkpoint filter.
 import ray
 
 IO_CPUS = 0.1
+# Compaction and the curated subsets run after the stages, when no actor holds a CPU: Ray's default
+# of a whole CPU per task runs one task per core, where a tenth of a CPU would start up to ten
+# worker processes per core for a few seconds of work.
+AFTER_STAGES_CPUS = 1
 
 
-def map_blocks(dataset, fn, *args):
+def map_blocks(dataset, fn, *args, num_cpus: float = IO_CPUS):
     """A light per-block transform (renames, column picks): one call per block, so blocks keep the
     small size the stages and the checkpoint rely on (map_batches' default batch size merges them
     into blocks of thousands of rows), and IO_CPUS, so Ray fuses it into the task before it instead
-    of scheduling it as an operator that waits for a whole CPU."""
-    return dataset.map_batches(fn, fn_args=args, batch_format="pyarrow", batch_size=None, num_cpus=IO_CPUS)
+    of scheduling it as an operator that waits for a whole CPU (`num_cpus`: the read's)."""
+    return dataset.map_batches(fn, fn_args=args, batch_format="pyarrow", batch_size=None, num_cpus=num_cpus)
 
 
 def configure_ray_data() -> None:
