@@ -265,8 +265,8 @@ def _cpu_breakdown(results: dict) -> list[str]:
 def _startup(results: dict) -> list[str]:
     lines = [
         "Seconds since the process started, from Ray's log lines and the simulator: `ray.init` done, the",
-        "Dataset executions started (the first one before the pipeline is `dataset.schema()` reading a",
-        "block), first request, last request, data written, process exit.",
+        "Dataset executions started (the pipeline, then compaction and the curated subsets side by side),",
+        "first request, last request, data written, process exit.",
         "",
         "| run | ray.init done | Dataset executions started | first request | last request | data written | exit |",
         "|---|---|---|---|---|---|---|",
