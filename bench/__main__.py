@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--saturation-latency-ms", type=float, default=250.0)
     parser.add_argument("--overhead-latency-ms", type=float, default=20.0)
     parser.add_argument("--actors", type=int, default=None, help="stage actors (default: the config's default)")
-    parser.add_argument("--budget-s", type=float, default=780.0, help="wall-clock budget for all runs")
+    parser.add_argument("--budget-s", type=float, default=900.0, help="wall-clock budget for all runs")
     parser.add_argument(
         "--profile", action="store_true", help="add a py-spy profiled overhead run (same as --regime profile)"
     )
