@@ -18,10 +18,7 @@ import json
 import os
 import shutil
 
-import ray
-
-from backtrans.output import OutputFolder, count_rows, parquet_files
-from backtrans.resources import AFTER_STAGES_CPUS
+from backtrans.output import OutputFolder, count_rows, parquet_files, read_written, write_shards
 
 MARKER = "_replaces.json"
 
@@ -33,10 +30,7 @@ def write_compacted(folder: OutputFolder, min_rows_per_file: int) -> None:
     if len(shards) <= 1 or len(shards) <= count_rows(folder.data) // min_rows_per_file + 1:
         return
     shutil.rmtree(folder.compact, ignore_errors=True)
-    rows = ray.data.read_parquet(folder.data, num_cpus=AFTER_STAGES_CPUS)
-    rows.write_parquet(
-        folder.compact, min_rows_per_file=min_rows_per_file, ray_remote_args={"num_cpus": AFTER_STAGES_CPUS}
-    )
+    write_shards(read_written(folder.data), folder.compact, min_rows_per_file)
     with open(os.path.join(folder.compact, MARKER), "w", encoding="utf-8") as f:
         json.dump([os.path.basename(shard) for shard in shards], f)
 

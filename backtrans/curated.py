@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import ray
 
 from backtrans.config import CurationConfig
-from backtrans.output import OutputFolder, count_rows, parquet_files, scan_columns
+from backtrans.output import OutputFolder, count_rows, parquet_files, read_written, scan_columns, write_shards
 from backtrans.resources import AFTER_STAGES_CPUS, map_blocks
 from backtrans.sources import read_source
 
@@ -69,11 +69,10 @@ def _write_subset(
     folder: OutputFolder, name: str, min_score: int, seed: ray.data.Dataset | None, schema: pa.Schema, min_rows: int
 ) -> int:
     target = folder.curated(name)
-    scored = ray.data.read_parquet(folder.data, num_cpus=AFTER_STAGES_CPUS)
-    rows = map_blocks(scored, _scored_at_least, min_score, num_cpus=AFTER_STAGES_CPUS)
+    rows = map_blocks(read_written(folder.data), _scored_at_least, min_score, num_cpus=AFTER_STAGES_CPUS)
     if seed is not None:
         rows = rows.union(seed)
-    rows.write_parquet(target, min_rows_per_file=min_rows, ray_remote_args={"num_cpus": AFTER_STAGES_CPUS})
+    write_shards(rows, target, min_rows)
     if not parquet_files(target):  # Ray writes no file for no rows; the Hub config needs one
         os.makedirs(target, exist_ok=True)
         pq.write_table(schema.empty_table(), os.path.join(target, "empty.parquet"))

@@ -123,7 +123,7 @@ def _simulators(config: JobConfig):
 
 
 def _stage_spec(name: str, stage: StageConfig, base_url: str | None, metrics_name: str) -> StageSpec:
-    # One actor keeps 64 requests in flight at ~1.6 ms of CPU each (BENCHMARKS.md); every further
+    # One actor keeps 64 requests in flight at ~1.5 ms of CPU each (BENCHMARKS.md); every further
     # actor is a process that imports Ray Data and the client while the job starts.
     actors = min(stage.actors or math.ceil(stage.max_concurrency / REQUESTS_PER_ACTOR), stage.max_concurrency)
     return StageSpec(

@@ -28,7 +28,7 @@ from ray.data.checkpoint import CheckpointConfig
 
 from backtrans.config import OutputConfig
 from backtrans.jsonl_datasource import ROW_ID_COLUMN
-from backtrans.resources import IO_CPUS, map_blocks
+from backtrans.resources import AFTER_STAGES_CPUS, IO_CPUS, map_blocks
 
 SUMMARY_FILE = "run_summary.json"
 CARD_FILE = "README.md"
@@ -139,6 +139,18 @@ def write_rows(dataset: ray.data.Dataset, folder: OutputFolder, output: OutputCo
     sink_class = ParquetDatasink if ROW_ID_COLUMN in output.columns else _ParquetWithoutRowIds
     sink = sink_class(folder.data, min_rows_per_file=output.commit_rows, dataset_uuid=kept._uuid)
     kept.write_datasink(sink, ray_remote_args={"num_cpus": IO_CPUS})
+
+
+def read_written(directory: str) -> ray.data.Dataset:
+    """Written Parquet shards as a Dataset, for the passes after the stages (compaction, subsets)."""
+    return ray.data.read_parquet(directory, num_cpus=AFTER_STAGES_CPUS)
+
+
+def write_shards(dataset: ray.data.Dataset, directory: str, min_rows_per_file: int) -> None:
+    """Write a pass after the stages as Parquet shards of at least `min_rows_per_file` rows."""
+    dataset.write_parquet(
+        directory, min_rows_per_file=min_rows_per_file, ray_remote_args={"num_cpus": AFTER_STAGES_CPUS}
+    )
 
 
 def parquet_files(directory: str) -> list[str]:

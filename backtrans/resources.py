@@ -24,7 +24,8 @@ def map_blocks(dataset, fn, *args, num_cpus: float = IO_CPUS):
 
 
 def configure_ray_data() -> None:
-    """Settings for every plan this driver builds (each Dataset copies the driver's DataContext)."""
+    """Settings for every plan this driver builds from now on (`read_parquet` reads the driver's
+    DataContext when it builds its plan)."""
     # Ray Data's V2 Parquet reader lists footers with a pool of up to 32 new actor processes per
     # `read_parquet` (RAY_DATA_PARQUET_FOOTER_NUM_ACTORS). On a 2-core machine that added ~14 s to a
     # run with a Parquet source and ~6 s to the reads that compact and curate every output

@@ -131,10 +131,10 @@ def resolve_files(source: SourceConfig) -> ResolvedFiles:
 
 
 def _read(files: ResolvedFiles, source: SourceConfig, metrics_actor: str | None = None) -> ray.data.Dataset:
-    # One read task per file, streaming small blocks: Ray's default splits a file's blocks over more
-    # tasks (a `SplitBlocks` step that also keeps the rename from fusing into the read), and each
-    # task is one more worker process to start on a small machine; the LLM stages, not the read, set
-    # the pace.
+    # One read task per listed path (a remote folder URI is one path, its files read in turn),
+    # streaming small blocks: Ray's default adds a `SplitBlocks` step that keeps the rename from
+    # fusing into the read, and each task is one more worker process to start on a small machine;
+    # the LLM stages, not the read, set the pace.
     tasks = {"num_cpus": IO_CPUS, "override_num_blocks": len(files.paths)}
     if files.file_format == "parquet":
         rows = ray.data.read_parquet(files.paths, filesystem=files.filesystem, include_row_hash=True, **tasks)
