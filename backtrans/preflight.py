@@ -6,7 +6,9 @@ three ways a run fails at once: nobody answers, the key is refused, the model is
 
 from __future__ import annotations
 
-import httpx
+import json
+import urllib.error
+import urllib.request
 
 from backtrans.config import StageConfig
 from backtrans.endpoints import one_line
@@ -30,23 +32,27 @@ def probe(name: str, stage: StageConfig, base_url: str | None, api_key: str | No
     """Raise PreflightError, one line naming the stage and URL, unless the server would take requests."""
     url = models_url(stage, base_url)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    # The standard library's client: one GET needs no connection pool, and it honours the same
+    # proxy variables (HTTPS_PROXY, NO_PROXY) as the stage clients.
+    request = urllib.request.Request(url, headers=headers)
     try:
-        response = httpx.get(url, headers=headers, timeout=min(stage.timeout_s, PROBE_TIMEOUT_S))
-    except httpx.HTTPError as error:
-        raise PreflightError(f"{name}: cannot reach {url}: {one_line(error, api_key)}") from None
-    if response.status_code in (401, 403):
-        who = f"the key in {stage.api_key_env}" if stage.api_key_env else "a request without a key"
-        raise PreflightError(f"{name}: {url} refused {who} (HTTP {response.status_code})")
-    if response.status_code >= 400:
+        with urllib.request.urlopen(request, timeout=min(stage.timeout_s, PROBE_TIMEOUT_S)) as response:
+            body = response.read()
+    except urllib.error.HTTPError as error:
+        if error.code in (401, 403):
+            who = f"the key in {stage.api_key_env}" if stage.api_key_env else "a request without a key"
+            raise PreflightError(f"{name}: {url} refused {who} (HTTP {error.code})") from None
         return  # a server without a model list (404) can still serve chat completions
-    served = _model_ids(response)
+    except (urllib.error.URLError, OSError) as error:
+        raise PreflightError(f"{name}: cannot reach {url}: {one_line(error, api_key)}") from None
+    served = _model_ids(body)
     if stage.backend != "hf-endpoint" and served and stage.model not in served:
         shown = ", ".join(sorted(served)[:10])
         raise PreflightError(f"{name}: model {stage.model!r} is not served by {url} (served: {shown})")
 
 
-def _model_ids(response: httpx.Response) -> set[str]:
+def _model_ids(body: bytes) -> set[str]:
     try:
-        return {entry["id"] for entry in response.json().get("data", []) if isinstance(entry, dict) and "id" in entry}
+        return {entry["id"] for entry in json.loads(body).get("data", []) if isinstance(entry, dict) and "id" in entry}
     except (ValueError, AttributeError):
         return set()
