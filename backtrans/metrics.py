@@ -1,34 +1,60 @@
-"""Per-run counters the stage actors report to: requests, tokens and failures by stage and type.
+"""Per-run counters: what each stage spent and failed, lines the source skipped, and why a run stopped.
 
-A named Ray actor, because counts from many actors on many nodes must meet in one place; the run
-summary reads it once at the end. Rows and scores in the summary come from the written data instead.
+A named Ray actor, because counts from many actors on many nodes must meet in one place. Stage
+actors send a `StageCounts` per batch; the driver reads a `RunSnapshot` for progress and for the
+run summary. Rows and scores in the summary come from the written data instead.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
+from dataclasses import dataclass, field
 
 import ray
+
+
+@dataclass
+class StageCounts:
+    """What one stage did: rows it handled, requests sent (every attempt), retries among them,
+    tokens the server reported, and failed rows by failure type."""
+
+    rows: int = 0
+    requests: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    failures: Counter = field(default_factory=Counter)
+
+    def add(self, other: StageCounts) -> None:
+        self.rows += other.rows
+        self.requests += other.requests
+        self.retries += other.retries
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.failures.update(other.failures)
+
+
+@dataclass
+class RunSnapshot:
+    stages: dict[str, StageCounts] = field(default_factory=dict)
+    skipped_lines: int = 0  # JSONL lines skipped under `source.bad_lines: skip`
 
 
 @ray.remote(num_cpus=0)
 class RunMetrics:
     def __init__(self):
-        self._by_stage: dict[str, Counter] = defaultdict(Counter)
+        self._stages: dict[str, StageCounts] = {}
         self._skipped_lines: set[str] = set()
 
-    def add(self, stage: str, counts: dict) -> None:
-        self._by_stage[stage].update(counts)
+    def add(self, stage: str, counts: StageCounts) -> None:
+        self._stages.setdefault(stage, StageCounts()).add(counts)
 
     def skipped(self, lines: list[str]) -> None:
         # A set of "file:line": a file read more than once (schema probes, task retries) counts once.
         self._skipped_lines.update(lines)
 
-    def snapshot(self) -> dict[str, dict]:
-        counts = {stage: dict(counts) for stage, counts in self._by_stage.items()}
-        if self._skipped_lines:
-            counts["source"] = {"skipped_lines": len(self._skipped_lines)}
-        return counts
+    def snapshot(self) -> RunSnapshot:
+        return RunSnapshot(stages=dict(self._stages), skipped_lines=len(self._skipped_lines))
 
 
 def start_metrics(name: str):

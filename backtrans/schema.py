@@ -61,6 +61,11 @@ OUTPUT_TYPES: dict[str, pa.DataType] = {
 }
 
 
+# Every chat request names its stage in this header, so a server (the simulator, a logging proxy)
+# can tell a scoring request from a generation without reading the prompt.
+STAGE_HEADER = "X-Backtrans-Stage"
+
+
 class BacktransError(Exception):
     """A failure the user can act on: its message is one line that names the key, column, row or
     URL at fault. `resumable` says whether running the same command again continues the run (a

@@ -62,9 +62,7 @@ def write_segments(config: JobConfig, folder: OutputFolder, metrics_actor: str, 
     )
     counts = counter.counts()
     # Malformed JSONL lines skipped by the read (bad_lines: skip) never reached the filter.
-    counts["skipped_lines"] = (
-        ray.get(ray.get_actor(metrics_actor).snapshot.remote()).get("source", {}).get("skipped_lines", 0)
-    )
+    counts["skipped_lines"] = ray.get(ray.get_actor(metrics_actor).snapshot.remote()).skipped_lines
     with open(os.path.join(folder.segments, COUNTS_FILE), "w", encoding="utf-8") as f:
         json.dump(counts, f, indent=2)
     ray.kill(counter.actor)

@@ -17,6 +17,7 @@ import ray
 
 from backtrans.config import StageConfig
 from backtrans.endpoints import ChatEndpoint, EndpointFailure, is_pushback, read_api_key
+from backtrans.metrics import StageCounts
 from backtrans.pacing import Gate
 from backtrans.parse import parse_verdict
 from backtrans.prompts import load_template, render
@@ -82,7 +83,7 @@ class LLMStage:
                 )
         return None
 
-    async def _row(self, values: dict[str, str | None], counts: dict) -> tuple[list, RowFailure | None]:
+    async def _row(self, values: dict[str, str | None], counts: StageCounts) -> tuple[list, RowFailure | None]:
         failure = self._check_inputs(values)
         if failure is not None:
             return [None] * len(self.outputs), failure
@@ -96,22 +97,24 @@ class LLMStage:
             return [None] * len(self.outputs), RowFailure(error.error_type, error.message, error.attempts)
         return outputs, failure
 
-    async def _ask(self, prompt: str, counts: dict):
+    async def _ask(self, prompt: str, counts: StageCounts):
         try:
             reply, attempts = await self.endpoint.complete(prompt)
         except EndpointFailure as error:
-            counts["requests"] += error.attempts
+            counts.requests += error.attempts
+            counts.retries += error.attempts - 1
             raise
-        counts["requests"] += attempts
-        counts["prompt_tokens"] += reply.prompt_tokens
-        counts["completion_tokens"] += reply.completion_tokens
+        counts.requests += attempts
+        counts.retries += attempts - 1
+        counts.prompt_tokens += reply.prompt_tokens
+        counts.completion_tokens += reply.completion_tokens
         return reply
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         self._loop = asyncio.get_running_loop()
         columns = {name: batch.column(name).to_pylist() for name in self.inputs}
         earlier = batch.column(ERROR_COLUMN).to_pylist() if ERROR_COLUMN in batch.column_names else [None] * len(batch)
-        counts = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        counts = StageCounts(rows=len(batch))
 
         async def skipped():
             return [None] * len(self.outputs), None
@@ -126,8 +129,7 @@ class LLMStage:
         for i, (_, failure) in enumerate(results):
             if failure is not None:
                 errors[i] = {"stage": self.spec.name, **failure.__dict__}
-                counts[f"failures.{failure.type}"] = counts.get(f"failures.{failure.type}", 0) + 1
-        counts["rows"] = len(batch)
+                counts.failures[failure.type] += 1
         self.metrics.add.remote(self.spec.name, counts)
         for position, (name, dtype) in enumerate(self.outputs.items()):
             batch = _set_column(batch, name, pa.array([values[position] for values, _ in results], type=dtype))
@@ -156,7 +158,7 @@ class AugmentStage(LLMStage):
     inputs = ("generation",)
     outputs = {"instruction": pa.string(), "instruction_model": pa.string()}
 
-    async def _row(self, values: dict[str, str | None], counts: dict) -> tuple[list, RowFailure | None]:
+    async def _row(self, values: dict[str, str | None], counts: StageCounts) -> tuple[list, RowFailure | None]:
         outputs, failure = await super()._row(values, counts)
         if failure is None:
             failure = instruction_problem(outputs[0], values["generation"], self.spec.config.max_instruction_chars)

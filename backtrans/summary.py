@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import ray
 
 from backtrans.config import JobConfig
+from backtrans.metrics import RunSnapshot
 from backtrans.output import OutputFolder, count_rows, parquet_files, scan_columns
 
 
@@ -29,7 +30,7 @@ def score_histogram(folder: OutputFolder) -> dict[str, int]:
 
 
 def build_summary(
-    config: JobConfig, folder: OutputFolder, stage_counts: dict, started: float, state: str, simulated: bool
+    config: JobConfig, folder: OutputFolder, snapshot: RunSnapshot, started: float, state: str, simulated: bool
 ) -> dict:
     if not parquet_files(folder.data):
         scores, rows = None, 0
@@ -38,28 +39,23 @@ def build_summary(
         rows = sum(scores.values())
     else:
         scores, rows = None, count_rows(folder.data)
-    stage_counts = dict(stage_counts)
-    source_counts = stage_counts.pop("source", {})  # the reader's counts; every other key is a stage
-    failures = {
-        stage: {key.removeprefix("failures."): value for key, value in counts.items() if key.startswith("failures.")}
-        for stage, counts in stage_counts.items()
-    }
+    failures = {stage: dict(counts.failures) for stage, counts in snapshot.stages.items()}
     return {
         "complete": True,
         "rows": rows,
         "scores": scores,
         "failures_this_run": failures,
-        "skipped_lines_this_run": source_counts.get("skipped_lines", 0),  # JSONL lines under bad_lines: skip
+        "skipped_lines_this_run": snapshot.skipped_lines,  # JSONL lines under bad_lines: skip
         "stages": {
             name: {
                 "model": getattr(config, name).model,
                 "backend": getattr(config, name).backend,
-                "requests": counts.get("requests", 0),
-                "rows": counts.get("rows", 0),
-                "prompt_tokens": counts.get("prompt_tokens", 0),
-                "completion_tokens": counts.get("completion_tokens", 0),
+                "requests": counts.requests,
+                "rows": counts.rows,
+                "prompt_tokens": counts.prompt_tokens,
+                "completion_tokens": counts.completion_tokens,
             }
-            for name, counts in stage_counts.items()
+            for name, counts in snapshot.stages.items()
         },
         "simulated": simulated,
         "resumed": state == "resume",
