@@ -43,5 +43,12 @@ def local_ray():
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
 
 
+def pytest_collection_modifyitems(items):
+    # Tests that need a Ray are integration tests; `.ci/run`'s lowest-versions step runs the rest.
+    for item in items:
+        if "local_ray" in item.fixturenames:
+            item.add_marker(pytest.mark.integration)
+
+
 def pytest_sessionfinish(session, exitstatus):
     ray.shutdown()

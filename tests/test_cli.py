@@ -25,6 +25,8 @@ from tests.helpers import (
     write_score_job,
 )
 
+pytestmark = pytest.mark.integration  # runs the CLI, which starts a Ray
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_ROWS = sum(1 for line in (REPO / "jobs/data/demo_instructions.jsonl").open() if line.strip())
 

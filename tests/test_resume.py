@@ -10,11 +10,14 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from backtrans.jsonl_datasource import row_id
 from backtrans.prompts import SELF_CURATION, load_template, render
 from backtrans.simulator import Simulator, SimulatorConfig
 from tests.helpers import checkpointed_ids, wait_until_quiet, write_pairs_jsonl, write_score_job
+
+pytestmark = pytest.mark.integration  # runs the CLI, which starts a Ray
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = 400

@@ -5,8 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from backtrans.simulator import Simulator, SimulatorConfig
 from tests.helpers import write_pairs_jsonl
+
+pytestmark = pytest.mark.integration  # runs the CLI, which starts a Ray
 
 REPO = Path(__file__).resolve().parents[1]
 CANARY = "sk-canary-7f3a9e21c4b8d6f0"
