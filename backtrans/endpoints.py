@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from backtrans.config import StageConfig
 from backtrans.pacing import BudgetExhausted, Gate, StageDown
+from backtrans.schema import STAGE_HEADER
 
 RETRYABLE_STATUS = {408, 409, 429}
 BACKOFF_BASE_S = 0.5
@@ -129,21 +130,22 @@ def one_line(error: BaseException, secret: str | None = None) -> str:
 
 
 class ChatEndpoint:
-    """One stage's client. `max_retries` and `timeout_s` come from the stage config."""
+    """One stage's client. `max_retries` and `timeout_s` come from the stage config; every request
+    names `stage_name` in the STAGE_HEADER header."""
 
-    def __init__(self, stage: StageConfig, base_url: str | None, api_key: str | None, gate: Gate):
+    def __init__(self, stage: StageConfig, base_url: str | None, api_key: str | None, gate: Gate, *, stage_name: str):
         self.stage = stage
         self.gate = gate
         self.kwargs = chat_kwargs(stage)
         self._secret = api_key
-        self._client = self._make_client(stage, base_url, api_key)
+        self._client = self._make_client(stage, base_url, api_key, {STAGE_HEADER: stage_name})
 
     @staticmethod
-    def _make_client(stage: StageConfig, base_url: str | None, api_key: str | None):
+    def _make_client(stage: StageConfig, base_url: str | None, api_key: str | None, headers: dict[str, str]):
         if stage.backend == "hf-endpoint":
             from huggingface_hub import AsyncInferenceClient
 
-            return AsyncInferenceClient(base_url=base_url, token=api_key, timeout=stage.timeout_s)
+            return AsyncInferenceClient(base_url=base_url, token=api_key, timeout=stage.timeout_s, headers=headers)
         import openai
 
         # A local server needs some key string; "unused" is not a secret. The SDK's aiohttp transport
@@ -153,6 +155,7 @@ class ChatEndpoint:
             api_key=api_key or "unused",
             timeout=stage.timeout_s,
             max_retries=0,
+            default_headers=headers,
             http_client=openai.DefaultAioHttpClient(timeout=stage.timeout_s),
         )
 

@@ -58,7 +58,8 @@ class LLMStage:
         # Built here, not on the first batch: importing and building the client costs seconds of CPU
         # that would otherwise stall the event loop. asyncio primitives bind to a loop on first use.
         gate = Gate(spec.name, spec.config, spec.config.actors, is_pushback)
-        self.endpoint = ChatEndpoint(spec.config, spec.base_url, read_api_key(spec.config, spec.name), gate)
+        api_key = read_api_key(spec.config, spec.name)
+        self.endpoint = ChatEndpoint(spec.config, spec.base_url, api_key, gate, stage_name=spec.name)
         self.metrics = ray.get_actor(spec.metrics_actor)
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop Ray Data runs this actor's batches on
 

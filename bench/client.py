@@ -47,15 +47,17 @@ async def _drive(n: int, c: int, send) -> float:
 
 async def _run(mode: str, url: str, n: int, c: int) -> dict:
     from backtrans.config import StageConfig
+    from backtrans.schema import STAGE_HEADER
 
     stage = StageConfig(backend="openai", base_url=url, model="bench-generator", max_concurrency=c, actors=1)
     body_extra = {"max_tokens": 1024, "temperature": 0.7}
+    stage_header = {STAGE_HEADER: "generate"}  # as the endpoint sends it, so every mode sends the same request
     if mode == "endpoint":
         from backtrans.endpoints import ChatEndpoint, is_pushback
         from backtrans.pacing import Gate
 
         stage = stage.model_copy(update={"generation_kwargs": {"max_new_tokens": 1024, "temperature": 0.7}})
-        endpoint = ChatEndpoint(stage, url, None, Gate("generate", stage, 1, is_pushback))
+        endpoint = ChatEndpoint(stage, url, None, Gate("generate", stage, 1, is_pushback), stage_name="generate")
 
         async def send(prompt: str) -> None:
             await endpoint.complete(prompt)
@@ -65,7 +67,9 @@ async def _run(mode: str, url: str, n: int, c: int) -> dict:
     elif mode == "sdk":
         import openai
 
-        client = openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
+        client = openai.AsyncOpenAI(
+            base_url=url, api_key="unused", max_retries=0, timeout=60, default_headers=stage_header
+        )
         slots = asyncio.Semaphore(c)
 
         async def send(prompt: str) -> None:
@@ -89,7 +93,9 @@ async def _run(mode: str, url: str, n: int, c: int) -> dict:
             body = json.dumps({"model": stage.model, "messages": [{"role": "user", "content": prompt}], **body_extra})
             async with (
                 slots,
-                session.post(chat_url, data=body, headers={"Content-Type": "application/json"}) as response,
+                session.post(
+                    chat_url, data=body, headers={"Content-Type": "application/json", **stage_header}
+                ) as response,
             ):
                 payload = json.loads(await response.read())
                 if response.status != 200:

@@ -4,6 +4,8 @@ Run by the benchmark as a subprocess: `python -m bench.peer_distilabel --url URL
 The source is the same JSONL file the job reads (LoadDataFromFileSystem in place of
 LoadDataFromHub, so no network); both tasks use `OpenAILLM` pointed at the same simulator, with
 `input_batch_size` = C, which is how distilabel sets the number of requests in flight per step.
+Each LLM names its stage in the X-Backtrans-Stage header (`default_headers`, which OpenAILLM has
+since distilabel's PR #1088), as the job's clients do: the simulator judges only requests marked `score`.
 Prints one JSON line: rows written and rows with a score.
 """
 
@@ -29,20 +31,30 @@ def main(argv: list[str] | None = None) -> int:
     from distilabel.steps import KeepColumns, LoadDataFromFileSystem
     from distilabel.steps.tasks import InstructionBacktranslation, TextGeneration
 
+    from backtrans.schema import STAGE_HEADER
+
+    if "default_headers" not in OpenAILLM.model_fields:
+        raise SystemExit("this distilabel's OpenAILLM has no default_headers: the stage header cannot be sent")
     generation_kwargs = {"max_new_tokens": 1024, "temperature": 0.7}
 
-    def llm(model: str) -> OpenAILLM:
-        return OpenAILLM(model=model, base_url=args.url, api_key="unused", generation_kwargs=generation_kwargs)
+    def llm(model: str, stage: str) -> OpenAILLM:
+        return OpenAILLM(
+            model=model,
+            base_url=args.url,
+            api_key="unused",
+            default_headers={STAGE_HEADER: stage},
+            generation_kwargs=generation_kwargs,
+        )
 
     with Pipeline(name="bench-seed", cache_dir=os.path.join(args.workdir, "cache")) as pipeline:
         load = LoadDataFromFileSystem(data_files=args.rows, batch_size=args.concurrency)
         generate = TextGeneration(
-            llm=llm("bench-generator"),
+            llm=llm("bench-generator", "generate"),
             input_batch_size=args.concurrency,
             output_mappings={"model_name": "generation_model"},
         )
         score = InstructionBacktranslation(
-            llm=llm("bench-judge"),
+            llm=llm("bench-judge", "score"),
             input_batch_size=args.concurrency,
             output_mappings={"model_name": "scoring_model"},
         )

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray.data.llm import HttpRequestProcessorConfig, build_processor
 
     from backtrans.prompts import INSTRUCTION, SELF_CURATION, load_template, render
+    from backtrans.schema import STAGE_HEADER
 
     generate_prompt = load_template(INSTRUCTION)
     score_prompt = load_template(SELF_CURATION)
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         }
 
     generate = build_processor(
-        HttpRequestProcessorConfig(url=url, concurrency=args.concurrency, **stage),
+        HttpRequestProcessorConfig(url=url, headers={STAGE_HEADER: "generate"}, concurrency=args.concurrency, **stage),
         preprocess=lambda row: {
             "instruction": row["instruction"],
             "payload": payload("bench-generator", render(generate_prompt, instruction=row["instruction"])),
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(found[-1]) if found else None
 
     score = build_processor(
-        HttpRequestProcessorConfig(url=url, concurrency=args.concurrency, **stage),
+        HttpRequestProcessorConfig(url=url, headers={STAGE_HEADER: "score"}, concurrency=args.concurrency, **stage),
         preprocess=lambda row: {
             **row,
             "payload": payload(

@@ -7,8 +7,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from backtrans.config import JobConfig
-from backtrans.parse import parse_verdict
+from backtrans.parse import SCORE_PATTERN
 from backtrans.prompts import SELF_CURATION, load_template, render
+from backtrans.schema import GENERATION, INSTRUCTION, REASON, SCORE
 from backtrans.simulator import simulated_score
 
 SEED_COLUMNS = ["instruction", "generation", "generation_model", "score", "reason", "scoring_model"]
@@ -62,14 +63,18 @@ def read_output(output: Path):
 
 
 def expected_score(instruction: str, generation: str) -> int:
-    """What the simulator answers for this pair's scoring prompt."""
+    """The simulated judge's score for this pair sent in the project's self-curation prompt: a row whose
+    score differs was sent another prompt, or got another row's reply."""
     return simulated_score(render(load_template(SELF_CURATION), instruction=instruction, generation=generation))
 
 
 def assert_scores_match_simulator(table) -> None:
+    """Every row holds the simulated judge's verdict on its own pair: that score, and the judge's reason
+    with the score line taken off."""
     for row in table.to_pylist():
-        assert row["score"] == expected_score(row["instruction"], row["generation"]), row
-        assert parse_verdict(row["reason"] + "\nScore: 1").score == 1  # reason holds no score line itself
+        assert row[SCORE] == expected_score(row[INSTRUCTION], row[GENERATION]), row
+        assert row[REASON].startswith("Simulated judge (not a real model): "), row
+        assert SCORE_PATTERN.search(row[REASON]) is None, row
 
 
 def write_pairs_jsonl(

@@ -1,4 +1,4 @@
-"""Tests for the deterministic OpenAI-compatible simulator (real clients, loopback only)."""
+"""The simulator's HTTP server through the real clients (openai, huggingface_hub, aiohttp), on loopback."""
 
 from __future__ import annotations
 
@@ -13,17 +13,9 @@ import pytest
 from huggingface_hub import AsyncInferenceClient
 
 from backtrans.prompts import BACKWARD, SELF_CURATION, load_template, render
-from backtrans.simulator import (
-    BACKWARD_PROMPT_PREFIX,
-    SCORE_PROMPT_PREFIX,
-    Simulator,
-    SimulatorConfig,
-    _build_parser,
-    _config_from_args,
-    config_to_argv,
-    simulated_score,
-    start_subprocess,
-)
+from backtrans.schema import STAGE_HEADER
+from backtrans.simulator import Simulator, SimulatorConfig
+from backtrans.simulator.replies import BACKWARD_PROMPT_PREFIX, prompt_digest
 
 
 def run(coro):
@@ -31,8 +23,9 @@ def run(coro):
 
 
 def score_prompt(i: int) -> str:
+    """A judge prompt that is not the project's template: the stage header alone makes it a score request."""
     return (
-        f"{SCORE_PROMPT_PREFIX} Evaluate whether or not the answer is a good example.\n\n"
+        "Evaluate whether or not the answer is a good example.\n\n"
         f"<instruction>Question number {i}?</instruction>\n<answer>Answer number {i}.</answer>"
     )
 
@@ -41,18 +34,24 @@ def user(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
-def client(sim: Simulator, **kw) -> openai.AsyncOpenAI:
+def client(sim: Simulator, stage: str | None = None, **kw) -> openai.AsyncOpenAI:
     kw.setdefault("api_key", "unused")
     kw.setdefault("max_retries", 0)
     kw.setdefault("timeout", 10)
-    return openai.AsyncOpenAI(base_url=sim.url, **kw)
+    headers = {STAGE_HEADER: stage} if stage else None
+    return openai.AsyncOpenAI(base_url=sim.url, default_headers=headers, **kw)
 
 
-async def ask(sim: Simulator, text: str, model: str = "m", **kw) -> str:
+async def ask(sim: Simulator, text: str, model: str = "m", stage: str | None = None, **kw) -> str:
     create_kw = {k: kw.pop(k) for k in list(kw) if k in ("max_tokens", "stop")}
-    async with client(sim, **kw) as c:
+    async with client(sim, stage, **kw) as c:
         r = await c.chat.completions.create(model=model, messages=user(text), **create_kw)
         return r.choices[0].message.content
+
+
+async def post(url: str, body: dict, headers: dict | None = None) -> tuple[int, bytes]:
+    async with aiohttp.ClientSession() as s, s.post(url, json=body, headers=headers) as r:
+        return r.status, await r.read()
 
 
 def wait_until(predicate, timeout: float = 5.0) -> None:
@@ -62,103 +61,119 @@ def wait_until(predicate, timeout: float = 5.0) -> None:
         time.sleep(0.02)
 
 
-# --------------------------------------------------------------------------- content
+# --------------------------------------------------------------------------- replies by stage
 
 
-def test_simulated_score_definition():
-    import hashlib
-
-    for text in ["", "abc", score_prompt(3)]:
-        expected = 1 + int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) % 5
-        assert simulated_score(text) == expected
-    assert {simulated_score(score_prompt(i)) for i in range(50)} == {1, 2, 3, 4, 5}
-
-
-def test_score_replies_are_deterministic_and_match_simulated_score():
+def test_score_replies_are_deterministic():
     template = load_template(SELF_CURATION)  # the project's judge prompt
     prompts = [score_prompt(i) for i in range(6)]
     prompts += [render(template, instruction=f"Name {i} rivers.", generation=f"Rivers {i}.") for i in range(6)]
+    scores = [5, 2, 2, 4, 3, 3, 3, 3, 2, 3, 5, 5]
 
     async def main(sim):
-        async with client(sim) as c:
-            out = []
-            for p in prompts:
-                r = await c.chat.completions.create(
+        async with client(sim, "score") as c:
+            return [
+                await c.chat.completions.create(
                     model="judge",
-                    messages=[
-                        {"role": "system", "content": "You are a judge."},
-                        *user(p),
-                    ],
+                    messages=[{"role": "system", "content": "You are a judge."}, *user(p)],
                     temperature=0.7,
                     seed=3,
                 )
-                out.append(r)
-            return out
+                for p in prompts
+            ]
 
     with Simulator(SimulatorConfig(latency_ms=1)) as sim:
         first = run(main(sim))
         second = run(main(sim))
         log = sim.log()
         stats = sim.stats()
-    for p, r1, r2 in zip(prompts, first, second, strict=True):
+    for r1, r2, score in zip(first, second, scores, strict=True):
         text = r1.choices[0].message.content
         assert text == r2.choices[0].message.content
         assert text.startswith("Simulated judge (not a real model): ")
-        assert text.splitlines()[-1] == f"Score: {simulated_score(p)}"
+        assert text.splitlines()[-1] == f"Score: {score}"
         assert text.count("Score:") == 1
         assert r1.object == "chat.completion"
         assert r1.model == "judge"
         assert r1.choices[0].finish_reason == "stop"
         assert r1.usage.total_tokens == r1.usage.prompt_tokens + r1.usage.completion_tokens
         assert r1.usage.completion_tokens == pytest.approx(len(text) / 4, abs=1)
+    assert first[0].usage.prompt_tokens == 38  # all messages: (16 + 134 characters) / 4, rounded up
     assert stats["by_kind"] == {"score": 24, "generate": 0, "backward": 0}
     assert stats["by_outcome"]["ok"] == 24
-    assert [e["score"] for e in log[:12]] == [simulated_score(p) for p in prompts]
+    assert [e["score"] for e in log] == scores * 2
     assert all(e["kind"] == "score" and e["outcome"] == "ok" for e in log)
-    import hashlib
+    assert log[0]["prompt_sha256"] == prompt_digest(prompts[0])
 
-    assert log[0]["prompt_sha256"] == hashlib.sha256(prompts[0].encode()).hexdigest()
+
+def test_the_stage_header_not_the_prompt_marks_a_scoring_request():
+    judge_prompt = render(load_template(SELF_CURATION), instruction="Name a river.", generation="The Nile.")
+    custom_judge = "Rate the pair below from 1 to 5.\nQ: Name a river.\nA: The Nile."
+
+    async def main(sim):
+        return (
+            await ask(sim, custom_judge, stage="score"),
+            await ask(sim, judge_prompt, stage="generate"),
+            await ask(sim, judge_prompt),  # no header
+            await post(sim.url + "/chat/completions", {"model": "m", "messages": user("hi")}, {STAGE_HEADER: "judge"}),
+        )
+
+    with Simulator() as sim:
+        custom, generated, unmarked, (status, body) = run(main(sim))
+        stats = sim.stats()
+    assert custom.splitlines()[-1] == "Score: 5"
+    assert generated.startswith("[simulated response from m] ") and "Score:" not in generated
+    assert unmarked == generated
+    assert status == 400
+    assert (
+        json.loads(body)["error"]["message"]
+        == "X-Backtrans-Stage must be one of generate, augment, score, not 'judge'."
+    )
+    assert stats["by_kind"] == {"score": 1, "generate": 2, "backward": 0}
+    assert stats["by_outcome"]["400"] == 1
 
 
 def test_generation_and_backward_replies():
-    backward = (
+    labelled = (
         f"{BACKWARD_PROMPT_PREFIX} Write the instruction it answers.\n\n"
         "Answer: The Eiffel Tower was completed in 1889 for the World's Fair in Paris.\n\n"
         "Instruction:"
     )
-
     project_backward = render(
         load_template(BACKWARD), generation="Photosynthesis turns light, water and CO2 into sugar."
     )
 
     async def main(sim):
-        gen = await ask(sim, "Explain photosynthesis to a ten year old.", model="gen-model")
-        gen2 = await ask(sim, "Explain photosynthesis to a ten year old.", model="gen-model")
-        back = await ask(sim, backward)
-        back2 = await ask(sim, project_backward)
-        back3 = await ask(sim, render(load_template(BACKWARD), generation=gen))
-        return gen, gen2, back, back2, back3
+        gen = await ask(sim, "Explain photosynthesis to a ten year old.", model="gen-model", stage="generate")
+        gen2 = await ask(sim, "Explain photosynthesis to a ten year old.", model="gen-model", stage="generate")
+        back = await ask(sim, labelled, stage="augment")
+        back2 = await ask(sim, project_backward, stage="augment")
+        back3 = await ask(sim, render(load_template(BACKWARD), generation=gen), stage="augment")
+        bare = await ask(sim, "Photosynthesis turns light into sugar.", stage="augment")
+        return gen, gen2, back, back2, back3, bare
 
     with Simulator() as sim:
-        gen, gen2, back, back2, back3 = run(main(sim))
+        gen, gen2, back, back2, back3, bare = run(main(sim))
         stats = sim.stats()
-    assert (
-        back2
-        == "[simulated instruction] What can you tell me about Photosynthesis turns light, water and CO2 into sugar?"
+    assert gen == gen2
+    assert gen == (
+        "[simulated response from gen-model] This text comes from a simulator, not from a language model. It stands "
+        'in for an answer to the request that begins "Explain photosynthesis to a ten year old.". A real model would '
+        "write a helpful reply here; the simulator only echoes the opening words so the pipeline can be exercised "
+        f"end to end (ref {prompt_digest('Explain photosynthesis to a ten year old.')[:12]})."
+    )
+    assert back == "[simulated instruction] What can you tell me about The Eiffel Tower was completed in 1889 for?"
+    assert back2 == (
+        "[simulated instruction] What can you tell me about Photosynthesis turns light, water and CO2 into sugar?"
     )
     assert back3 == "[simulated instruction] What can you tell me about This text comes from a simulator, not from?"
-    assert gen == gen2
-    assert gen.startswith("[simulated response from gen-model] ")
-    assert "Explain photosynthesis" in gen
-    assert 200 <= len(gen) <= 450
-    assert "Score:" not in gen
-    assert back == ("[simulated instruction] What can you tell me about The Eiffel Tower was completed in 1889 for?")
-    assert stats["by_kind"] == {"score": 0, "generate": 2, "backward": 3}
+    assert bare.startswith("[simulated response from m] This text comes from a simulator, not from a language model.")
+    assert stats["by_kind"] == {"score": 0, "generate": 3, "backward": 3}
 
 
 def test_max_tokens_and_stop_truncate_like_a_real_server():
     async def main(sim):
-        async with client(sim) as c:
+        async with client(sim, "generate") as c:
             r1 = await c.chat.completions.create(model="m", messages=user("hello"), max_tokens=5)
             r2 = await c.chat.completions.create(model="m", messages=user("hello"), stop=["from"])
             return r1, r2
@@ -166,30 +181,32 @@ def test_max_tokens_and_stop_truncate_like_a_real_server():
     with Simulator() as sim:
         r1, r2 = run(main(sim))
     assert r1.choices[0].finish_reason == "length"
-    assert len(r1.choices[0].message.content) == 20
+    assert r1.choices[0].message.content == "[simulated response "
+    assert r1.usage.completion_tokens == 5
     assert r2.choices[0].message.content == "[simulated response "
     assert r2.choices[0].finish_reason == "stop"
 
 
-def test_huggingface_async_inference_client():
+def test_huggingface_async_inference_client_sends_the_stage_in_its_headers():
     text = score_prompt(7)
 
     async def main(sim):
         out = []
         for base in (sim.url, sim.root_url):
-            hf = AsyncInferenceClient(base_url=base, api_key="hf_unused")
-            r = await hf.chat_completion(messages=user(text), model="judge", max_tokens=200)
-            out.append(r)
+            hf = AsyncInferenceClient(base_url=base, api_key="hf_unused", headers={STAGE_HEADER: "score"})
+            out.append(await hf.chat_completion(messages=user(text), model="judge", max_tokens=200))
             await hf.close()
         return out
 
     with Simulator() as sim:
         replies = run(main(sim))
+        stats = sim.stats()
     for r in replies:
-        assert r.choices[0].message.content.endswith(f"Score: {simulated_score(text)}")
+        assert r.choices[0].message.content.endswith("Score: 2")
         assert r.choices[0].finish_reason == "stop"
         assert r.usage.total_tokens > 0
         assert r.model == "judge"
+    assert stats["by_kind"]["score"] == 2
 
 
 # --------------------------------------------------------------------------- faults
@@ -206,6 +223,7 @@ def test_injected_429_has_retry_after_and_openai_error_json():
         stats = sim.stats()
     assert err.status_code == 429
     assert err.response.headers["retry-after"] == "2"
+    assert err.response.headers["retry-after-ms"] == "2000"
     assert err.body["type"] == "rate_limit_error"
     assert stats["by_outcome"]["429"] == 1
 
@@ -260,13 +278,10 @@ def test_injected_drop_closes_the_connection():
 
 def test_injected_garbage_is_a_200_with_a_non_json_body():
     async def main(sim):
-        async with aiohttp.ClientSession() as s:
-            body = {"model": "m", "messages": user("hi")}
-            async with s.post(sim.url + "/chat/completions", json=body) as r:
-                status, raw = r.status, await r.read()
+        reply = await post(sim.url + "/chat/completions", {"model": "m", "messages": user("hi")})
         with pytest.raises(ValueError):  # json.JSONDecodeError from the openai client
             await ask(sim, "hi")
-        return status, raw
+        return reply
 
     with Simulator(SimulatorConfig(rate_garbage=1.0)) as sim:
         status, raw = run(main(sim))
@@ -278,10 +293,8 @@ def test_injected_garbage_is_a_200_with_a_non_json_body():
 
 
 def test_injected_noscore_only_affects_scoring_requests():
-    text = score_prompt(1)
-
     async def main(sim):
-        return await ask(sim, text), await ask(sim, "write a poem")
+        return await ask(sim, score_prompt(1), stage="score"), await ask(sim, score_prompt(1), stage="generate")
 
     with Simulator(SimulatorConfig(rate_noscore=1.0)) as sim:
         judged, generated = run(main(sim))
@@ -289,9 +302,9 @@ def test_injected_noscore_only_affects_scoring_requests():
     assert judged.startswith("Simulated judge (not a real model)")
     assert "score" not in judged.lower()
     assert generated.startswith("[simulated response from m]")
-    assert [(e["outcome"], e["score"]) for e in log] == [
-        ("noscore", None),
-        ("ok", None),
+    assert [(e["kind"], e["outcome"], e["score"]) for e in log] == [
+        ("score", "noscore", None),
+        ("generate", "ok", None),
     ]
 
 
@@ -310,8 +323,7 @@ def test_fault_draws_are_seeded_and_retries_succeed():
             run(outcomes(sim, 60))
             logs.append([e["outcome"] for e in sim.log()])
     assert logs[0] == logs[1]
-    assert 5 <= logs[0].count("429") <= 35
-    assert 2 <= logs[0].count("503") <= 25
+    assert (logs[0].count("429"), logs[0].count("503"), logs[0].count("ok")) == (20, 11, 29)
 
     async def with_retries(sim):
         # 429s carry retry-after-ms=10, so the client's own retries are quick.
@@ -326,14 +338,10 @@ def test_fault_draws_are_seeded_and_retries_succeed():
         stats = sim.stats()
     assert len(replies) == 15
     assert stats["by_outcome"]["ok"] == 15
-    assert stats["by_outcome"]["429"] > 0
+    assert stats["by_outcome"]["429"] == 15
 
 
-def test_rate_validation():
-    with pytest.raises(ValueError):
-        SimulatorConfig(rate_429=0.6, rate_503=0.6)
-    with pytest.raises(ValueError):
-        SimulatorConfig(rate_drop=-0.1)
+def test_a_running_simulator_validates_changes():
     with Simulator() as sim, pytest.raises(ValueError):
         sim.configure(rate_500=2.0)
 
@@ -392,6 +400,7 @@ def test_unknown_model_is_404_and_models_are_listed():
     assert err.body["type"] == "invalid_request_error"
     assert r.model == "b"
     assert stats["by_outcome"]["404"] == 1
+    assert stats["model_list_requests"] == 1
 
     async def default_list(sim):
         async with client(sim) as c:
@@ -407,27 +416,52 @@ def test_api_key_required():
     async def main(sim):
         with pytest.raises(openai.AuthenticationError) as wrong:
             await ask(sim, "hi", api_key="sk-wrong")
-        async with aiohttp.ClientSession() as s:
-            body = {"model": "m", "messages": user("hi")}
-            async with s.post(sim.url + "/chat/completions", json=body) as r:
-                missing = (r.status, await r.json())
+        missing = await post(sim.url + "/chat/completions", {"model": "m", "messages": user("hi")})
         good = await ask(sim, "hi", api_key=secret)
         return wrong.value, missing, good
 
     with Simulator(SimulatorConfig(api_key=secret)) as sim:
-        wrong, missing, good = run(main(sim))
+        wrong, (status, body), good = run(main(sim))
         stats = sim.stats()
         log = sim.log()
         assert secret not in repr(sim.config)
     assert wrong.status_code == 401
     assert wrong.body["type"] == "invalid_request_error"
-    assert missing[0] == 401
-    assert missing[1]["error"]["code"] == "invalid_api_key"
+    assert status == 401
+    assert json.loads(body)["error"]["code"] == "invalid_api_key"
     assert good.startswith("[simulated response from m]")
     assert stats["authorized_requests"] == 1
     assert stats["by_outcome"]["401"] == 2
     assert stats["config"]["api_key"] == "***"
     assert secret not in json.dumps(stats) + json.dumps(log)
+
+
+def test_invalid_requests_are_400():
+    url_body_headers = [
+        ({"model": "m", "messages": []}, "'messages' must be a non-empty list."),
+        ({"model": "m", "messages": ["hi"]}, "Each message must be an object."),
+        ({"model": "m", "messages": user("hi"), "stream": True}, "stream=true is not supported by the simulator."),
+    ]
+
+    async def main(sim):
+        async with aiohttp.ClientSession() as s:
+            async with s.post(sim.url + "/chat/completions", data=b"[1]") as r:
+                not_an_object = r.status, (await r.json())["error"]["message"]
+            async with s.get(sim.url + "/chat/completions") as r:
+                wrong_method = r.status
+        replies = [await post(sim.url + "/chat/completions", body) for body, _ in url_body_headers]
+        return not_an_object, wrong_method, replies
+
+    with Simulator() as sim:
+        not_an_object, wrong_method, replies = run(main(sim))
+        stats = sim.stats()
+    assert not_an_object == (400, "Request body is not a JSON object.")
+    assert wrong_method == 405
+    assert [(status, json.loads(body)["error"]["message"]) for status, body in replies] == [
+        (400, message) for _, message in url_body_headers
+    ]
+    assert stats["by_outcome"]["400"] == 4
+    assert stats["by_kind"] == {"score": 0, "generate": 1, "backward": 0}  # only the stream request was readable
 
 
 def test_context_length_exceeded():
@@ -444,7 +478,7 @@ def test_context_length_exceeded():
     assert ok
 
 
-# --------------------------------------------------------------------------- stats
+# --------------------------------------------------------------------------- stats and control
 
 
 def test_stats_track_concurrency():
@@ -482,6 +516,9 @@ def test_http_control_plane_and_keep_log_off():
                 assert r.status == 400
             async with s.post(root + "/_sim/config", json={"port": 1}) as r:
                 assert r.status == 400
+                assert (await r.json())["error"]["message"] == "cannot change port on a running simulator"
+            async with s.get(root + "/_sim/config") as r:
+                assert (await r.json())["rate_503"] == 1.0
             body = {"model": "m", "messages": user("hi")}
             async with s.post(root + "/chat/completions", json=body) as r:  # no /v1
                 assert r.status == 503
@@ -493,56 +530,13 @@ def test_http_control_plane_and_keep_log_off():
                 assert r.status == 200
             async with s.get(root + "/_sim/stats") as r:
                 after = await r.json()
-        return stats, log, after
+            async with s.get(root + "/_sim/nothing") as r:
+                unknown = r.status
+        return stats, log, after, unknown
 
     with Simulator(SimulatorConfig(keep_log=False)) as sim:
-        stats, log, after = run(main(sim))
+        stats, log, after, unknown = run(main(sim))
     assert stats["by_outcome"]["503"] == 1
     assert log == []
     assert after["total_requests"] == 0
-
-
-# --------------------------------------------------------------------------- process
-
-
-def test_cli_flags_round_trip():
-    cfg = SimulatorConfig(
-        latency_ms=20,
-        jitter_ms=5,
-        rate_429=0.1,
-        rate_noscore=0.2,
-        models=["a", "b"],
-        rpm_limit=100,
-        keep_log=False,
-        seed=3,
-        max_context_chars=5000,
-    )
-    args = _build_parser().parse_args(config_to_argv(cfg))
-    assert _config_from_args(args) == cfg
-    assert "--api-key" not in config_to_argv(SimulatorConfig(api_key="k"))
-
-
-def test_subprocess():
-    secret = "sk-subprocess-secret"
-    cfg = SimulatorConfig(latency_ms=5, api_key=secret, models=["judge"], rate_503=1.0)
-    with start_subprocess(cfg) as proc:
-        assert proc.url.startswith("http://127.0.0.1:")
-        assert proc.url.endswith("/v1")
-        assert secret not in " ".join(proc.proc.args)
-        proc.configure(rate_503=0.0)
-        text = score_prompt(5)
-
-        async def main():
-            async with openai.AsyncOpenAI(base_url=proc.url, api_key=secret, max_retries=0) as c:
-                r = await c.chat.completions.create(model="judge", messages=user(text))
-                return r.choices[0].message.content
-
-        reply = run(main())
-        stats = proc.stats()
-        log = proc.log()
-    assert proc.proc.returncode is not None
-    assert reply.endswith(f"Score: {simulated_score(text)}")
-    assert stats["total_requests"] == 1
-    assert stats["authorized_requests"] == 1
-    assert stats["config"]["models"] == ["judge"]
-    assert log[0]["score"] == simulated_score(text)
+    assert unknown == 404
