@@ -112,11 +112,12 @@ class LLMStage:
         # Ray Data drops the stage when its pool shuts down: a last gauge, so the run's in-flight
         # figure does not keep this actor's stale count, and close the client's connections on the
         # loop that opened them (aiohttp warns about every session left open).
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # also when __init__ failed half-way
             self.metrics.gauge(self.spec.name, self.actor_id, self.endpoint.in_flight)
-        if self._loop is not None and self._loop.is_running():
+        loop = getattr(self, "_loop", None)
+        if loop is not None and loop.is_running():
             with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(timeout=5)
+                asyncio.run_coroutine_threadsafe(self._close(), loop).result(timeout=5)
 
     async def _close(self) -> None:
         if self._gauge is not None:

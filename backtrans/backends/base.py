@@ -81,12 +81,17 @@ def http_failure(status: int, headers: Mapping[str, str] | None, message: str) -
     return FailedAttempt(f"http_{status}", retryable_status(status), message, retry_after_s(headers))
 
 
-def malformed(error: Exception) -> FailedAttempt:
-    return FailedAttempt("malformed_body", True, one_line(error))
+def completion_reply(text: object, finish_reason: str | None, usage: Mapping[str, int | None]) -> Reply:
+    if not isinstance(text, str):
+        raise MalformedReply("the reply has no message content")
+    return Reply(text, usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0, finish_reason)
 
 
-def unknown(error: Exception, secret: str | None) -> FailedAttempt:
-    """An exception no backend knows: a bug or a client change; fail the row, never retry."""
+def other_failure(error: Exception, secret: str | None) -> FailedAttempt:
+    """What is neither an HTTP status nor a transport error: a malformed body (retried), or an
+    exception no backend knows, a bug or a client change (fails the row, never retried)."""
+    if isinstance(error, MalformedReply):
+        return FailedAttempt("malformed_body", True, one_line(error))
     return FailedAttempt(type(error).__name__.lower(), False, one_line(error, secret))
 
 

@@ -14,9 +14,9 @@ from backtrans.backends.base import (
     MalformedReply,
     Reply,
     chat_kwargs,
+    completion_reply,
     http_failure,
-    malformed,
-    unknown,
+    other_failure,
 )
 from backtrans.errors import one_line
 from backtrans.schema import STAGE_HEADER
@@ -66,9 +66,7 @@ class HFEndpointClient:
             usage = vars(response.usage) if response.usage else {}
         except (json.JSONDecodeError, AttributeError, IndexError, KeyError, TypeError):
             raise MalformedReply("the reply is not a chat completion") from None
-        if not isinstance(text, str):
-            raise MalformedReply("the reply has no message content")
-        return Reply(text, usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0, finish_reason)
+        return completion_reply(text, finish_reason, usage)
 
     def classify(self, error: Exception) -> FailedAttempt:
         from huggingface_hub.errors import HfHubHTTPError
@@ -80,9 +78,7 @@ class HFEndpointClient:
             return FailedAttempt("timeout", True, one_line(error, self._secret))
         if isinstance(error, connections):
             return FailedAttempt("connection", True, one_line(error, self._secret))
-        if isinstance(error, MalformedReply):
-            return malformed(error)
-        return unknown(error, self._secret)
+        return other_failure(error, self._secret)
 
     async def close(self) -> None:
         await self._client.close()

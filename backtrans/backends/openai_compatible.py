@@ -12,15 +12,27 @@ from backtrans.backends.base import (
     MalformedReply,
     Reply,
     chat_kwargs,
+    completion_reply,
     http_failure,
-    malformed,
-    unknown,
+    other_failure,
 )
 from backtrans.errors import one_line
 from backtrans.schema import STAGE_HEADER
 
 if TYPE_CHECKING:
     from backtrans.config import StageConfig
+
+
+def _dropped(error: BaseException) -> bool:
+    """Whether the connection was dropped: the SDK's aiohttp transport reports a server that hangs up
+    as a ConnectTimeout, and only the aiohttp exception it wraps tells the two apart."""
+    import aiohttp
+
+    while error is not None:
+        if isinstance(error, aiohttp.ClientConnectionError) and not isinstance(error, TimeoutError):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 class OpenAIClient:
@@ -55,22 +67,17 @@ class OpenAIClient:
             usage = response.get("usage") or {}
         except (ValueError, AttributeError, IndexError, KeyError, TypeError):
             raise MalformedReply("the reply is not a chat completion") from None
-        if not isinstance(text, str):
-            raise MalformedReply("the reply has no message content")
-        return Reply(text, usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0, finish_reason)
+        return completion_reply(text, finish_reason, usage)
 
     def classify(self, error: Exception) -> FailedAttempt:
         import openai
 
         if isinstance(error, openai.APIStatusError):
             return http_failure(error.status_code, error.response.headers, one_line(error, self._secret))
-        if isinstance(error, openai.APITimeoutError):  # a subclass of APIConnectionError: first
-            return FailedAttempt("timeout", True, one_line(error, self._secret))
-        if isinstance(error, openai.APIConnectionError):
-            return FailedAttempt("connection", True, one_line(error, self._secret))
-        if isinstance(error, MalformedReply):
-            return malformed(error)
-        return unknown(error, self._secret)
+        if isinstance(error, openai.APIConnectionError):  # APITimeoutError among them
+            timed_out = isinstance(error, openai.APITimeoutError) and not _dropped(error)
+            return FailedAttempt("timeout" if timed_out else "connection", True, one_line(error, self._secret))
+        return other_failure(error, self._secret)
 
     async def close(self) -> None:
         await self._client.close()
