@@ -17,22 +17,22 @@ from dataclasses import dataclass
 import ray
 from ray.data import ActorPoolStrategy
 
+from backtrans.backends import backend_for
 from backtrans.card import render_card
 from backtrans.compaction import finish_compaction, write_compacted
 from backtrans.config import JobConfig, StageConfig
 from backtrans.curated import MESSAGES_COLUMN, SEED_TAG, WEB_TAG, add_messages, subset_moves, write_subsets
-from backtrans.endpoints import chat_kwargs, read_api_key
 from backtrans.errors import root_failure
 from backtrans.hub import push
 from backtrans.metrics import start_metrics
 from backtrans.output import PLOT_FILE, OutputFolder, write_rows
 from backtrans.plot import plot_scores
-from backtrans.preflight import probe
 from backtrans.prompts import BACKWARD, INSTRUCTION, SEGMENT, SELF_CURATION, load_template
 from backtrans.resources import IO_CPUS, configure_ray_data, map_blocks
+from backtrans.schema import ERROR
 from backtrans.segment_pass import filter_counts, read_segments, write_segments
 from backtrans.sources import ResolvedFiles, read_source, require_columns, resolve_files
-from backtrans.stages import ERROR_COLUMN, AugmentStage, GenerateStage, LLMStage, ScoreStage, StageSpec
+from backtrans.stages import AugmentStage, GenerateStage, LLMStage, ScoreStage, StageSpec
 from backtrans.summary import build_summary, write_summary
 
 logger = logging.getLogger("backtrans")
@@ -44,9 +44,6 @@ ROWS_PER_TASK = ROWS_PER_BATCH * ASYNC_BATCHES_PER_TASK
 REQUESTS_PER_ACTOR = 64  # requests in flight per stage actor when `actors` is not set
 STAGES: dict[str, type[LLMStage]] = {"augment": AugmentStage, "generate": GenerateStage, "score": ScoreStage}
 DEFAULT_TEMPLATES = {"augment": BACKWARD, "generate": INSTRUCTION, "score": SELF_CURATION}
-
-
-RESUMABLE_STOPS = {"BudgetExhausted", "StageDown"}
 
 
 class JobError(RuntimeError):
@@ -69,15 +66,9 @@ def _check_before_spending(config: JobConfig) -> None:
     """Everything that can be checked without reading the corpus or sending a request."""
     for name, stage in _active_stages(config).items():
         try:
-            chat_kwargs(stage)
-            if stage.backend != "simulated":
-                read_api_key(stage, name)
+            backend_for(stage).check_config(stage)
         except ValueError as error:
-            raise JobError(f"{name}.{error}" if str(error).startswith("generation_kwargs") else str(error)) from None
-        if stage.backend == "openai" and stage.endpoint_name:
-            raise JobError(f"{name}.endpoint_name: only for backend hf-endpoint")
-        if stage.backend == "hf-endpoint" and not (stage.base_url or stage.endpoint_name):
-            raise JobError(f"{name}: backend hf-endpoint needs base_url or endpoint_name")
+            raise JobError(f"{name}.{error}") from None
         if stage.template is not None and not os.path.isfile(stage.template):
             raise JobError(f"{name}.template: file not found: {stage.template}")
     if config.hub.repo_id and "://" in config.output.path:
@@ -101,19 +92,10 @@ def _required_columns(config: JobConfig) -> list[str]:
     return ["instruction"] if config.generate is not None else ["instruction", "generation"]
 
 
-def _resolve_base_url(stage: StageConfig) -> str | None:
-    if stage.backend == "hf-endpoint" and stage.endpoint_name:
-        from huggingface_hub import HfApi
-
-        # Hub login for the lookup comes from HF_TOKEN, as huggingface_hub reads it.
-        return HfApi().get_inference_endpoint(stage.endpoint_name).url
-    return stage.base_url
-
-
 @contextlib.contextmanager
 def _simulators(config: JobConfig):
     """Start one loopback simulator for all stages with `backend: simulated`; yield its base URL."""
-    if not any(stage.backend == "simulated" for stage in _active_stages(config).values()):
+    if not _simulated(config):
         yield None
         return
     from backtrans.simulator import SimulatorConfig, start_subprocess
@@ -155,7 +137,7 @@ def _add_stage(dataset: ray.data.Dataset, spec: StageSpec) -> ray.data.Dataset:
 
 
 def _check_output_columns(config: JobConfig, source_columns: list[str]) -> None:
-    available = set(source_columns) | {ERROR_COLUMN, MESSAGES_COLUMN}
+    available = set(source_columns) | {ERROR, MESSAGES_COLUMN}
     for name in _active_stages(config):
         available |= set(STAGES[name].outputs)
     for column in config.output.columns:
@@ -167,7 +149,7 @@ def _check_output_columns(config: JobConfig, source_columns: list[str]) -> None:
 
 
 def _simulated(config: JobConfig) -> bool:
-    return any(stage.backend == "simulated" for stage in _active_stages(config).values())
+    return any(backend_for(stage).needs_simulator for stage in _active_stages(config).values())
 
 
 def _read_candidates(
@@ -214,12 +196,15 @@ def _summary(config: JobConfig, folder: OutputFolder, metrics, started: float, s
 
 
 def _stop(error: Exception, config: JobConfig, folder: OutputFolder, metrics, started: float, state: str):
-    """The run stopped early: leave a summary that says why (rows written so far stay checkpointed)."""
-    kind, message = root_failure(error)
+    """The run stopped early: leave a summary that says why (rows written so far stay checkpointed).
+    A stage that stops the run records why in the metrics actor before it raises; any other error
+    is read from the exception."""
+    stop = ray.get(metrics.snapshot.remote()).stop
+    kind, message = (stop.kind, stop.message) if stop else root_failure(error)
     summary = _summary(config, folder, metrics, started, state)
     summary.update(complete=False, stopped_by=kind, reason=message)
     write_summary(folder, summary)
-    if kind in RESUMABLE_STOPS:
+    if stop is not None and stop.resumable:
         raise JobError(f"{message}; {summary['rows']} rows are written, run the same command again to resume") from None
     raise JobError(message) from None
 
@@ -231,9 +216,9 @@ def run_job(config: JobConfig) -> RunResult:
     with _simulators(config) as simulator_url:
         base_urls = {}
         for name, stage in _active_stages(config).items():
-            base_urls[name] = simulator_url if stage.backend == "simulated" else _resolve_base_url(stage)
-            api_key = None if stage.backend == "simulated" else read_api_key(stage, name)
-            probe(name, stage, base_urls[name], api_key)  # before the corpus is read or anything written
+            backend = backend_for(stage)
+            base_urls[name] = backend.resolve_base_url(stage, simulator_url)
+            backend.probe(name, stage, base_urls[name])  # before the corpus is read or anything written
         # From the first file's head, before anything is written or any Ray work starts.
         source_files = resolve_files(config.source)  # once: for the Hub, it is several requests
         source_columns = require_columns(config.source, source_files, _required_columns(config))

@@ -34,10 +34,23 @@ class StageCounts:
         self.failures.update(other.failures)
 
 
+@dataclass(frozen=True)
+class StopReason:
+    """Why a stage actor stopped the run: the exception's class name, its one-line message, and
+    whether running the same command again continues the run (`BacktransError.resumable`)."""
+
+    stage: str
+    kind: str
+    message: str
+    resumable: bool
+
+
 @dataclass
 class RunSnapshot:
     stages: dict[str, StageCounts] = field(default_factory=dict)
     skipped_lines: int = 0  # JSONL lines skipped under `source.bad_lines: skip`
+    stop: StopReason | None = None  # the first stop a stage recorded; None while the run goes on
+    in_flight: dict[str, int] = field(default_factory=dict)  # requests in flight per stage, last reports
 
 
 @ray.remote(num_cpus=0)
@@ -45,6 +58,8 @@ class RunMetrics:
     def __init__(self):
         self._stages: dict[str, StageCounts] = {}
         self._skipped_lines: set[str] = set()
+        self._stop: StopReason | None = None
+        self._in_flight: dict[str, dict[str, int]] = {}  # stage -> actor id -> its last report
 
     def add(self, stage: str, counts: StageCounts) -> None:
         self._stages.setdefault(stage, StageCounts()).add(counts)
@@ -53,8 +68,20 @@ class RunMetrics:
         # A set of "file:line": a file read more than once (schema probes, task retries) counts once.
         self._skipped_lines.update(lines)
 
+    def stop(self, reason: StopReason) -> None:
+        # The first stop is the cause; actors stopping after it only repeat it.
+        self._stop = self._stop or reason
+
+    def gauge(self, stage: str, actor_id: str, in_flight: int) -> None:
+        self._in_flight.setdefault(stage, {})[actor_id] = in_flight
+
     def snapshot(self) -> RunSnapshot:
-        return RunSnapshot(stages=dict(self._stages), skipped_lines=len(self._skipped_lines))
+        return RunSnapshot(
+            stages=dict(self._stages),
+            skipped_lines=len(self._skipped_lines),
+            stop=self._stop,
+            in_flight={stage: sum(actors.values()) for stage, actors in self._in_flight.items()},
+        )
 
 
 def start_metrics(name: str):

@@ -19,14 +19,21 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from dataclasses import dataclass
+
+from backtrans.schema import BacktransError
 
 
-class StageDown(RuntimeError):
+class StageDown(BacktransError):
     """Most recent requests of a stage failed: the endpoint is down or refusing."""
 
+    resumable = True
 
-class BudgetExhausted(RuntimeError):
+
+class BudgetExhausted(BacktransError):
     """A stage spent its `max_requests` or `max_tokens`."""
+
+    resumable = True
 
 
 class AdaptiveLimit:
@@ -109,13 +116,20 @@ class HealthWindow:
             )
 
 
+@dataclass
+class Outcome:
+    """How one attempt went, filled in by the caller inside `Gate.attempt()`: the failure type
+    (None: it succeeded) and whether the server pushed back (a 429)."""
+
+    failure: str | None = None
+    pushed_back: bool = False
+
+
 class Gate:
     """Everything one actor checks around each attempt of a request."""
 
-    def __init__(self, stage: str, config, share: int, is_pushback):
-        """`config` is the StageConfig; `share` the number of actors the limits are split over;
-        `is_pushback(error)` tells a 429 from other failures."""
-        self.is_pushback = is_pushback
+    def __init__(self, stage: str, config, share: int):
+        """`config` is the StageConfig; `share` the number of actors the limits are split over."""
         self.limit = AdaptiveLimit(max(1, config.max_concurrency // share))
         self.requests_per_minute = RateLimit(config.requests_per_minute / share) if config.requests_per_minute else None
         self.tokens_per_minute = RateLimit(config.tokens_per_minute / share) if config.tokens_per_minute else None
@@ -128,6 +142,8 @@ class Gate:
 
     @contextlib.asynccontextmanager
     async def attempt(self):
+        """Wait for a slot and credit, count the attempt, and yield an `Outcome` to fill in; the
+        health window sees the outcome (and may raise StageDown) when the block ends."""
         await self.limit.acquire()
         try:
             for bucket in (self.requests_per_minute, self.tokens_per_minute):
@@ -141,17 +157,12 @@ class Gate:
         self.budget.requests += 1
         if self.requests_per_minute is not None:
             self.requests_per_minute.spend(1)
-        pushed_back = False
+        outcome = Outcome()
         try:
-            yield
-        except Exception as error:
-            pushed_back = self.is_pushback(error)
-            self.health.record(False, type(error).__name__)
-            raise
-        else:
-            self.health.record(True)
+            yield outcome
         finally:
-            await self.limit.release(pushed_back)
+            await self.limit.release(outcome.pushed_back)
+        self.health.record(outcome.failure is None, outcome.failure or "")
 
     def spend_tokens(self, tokens: int) -> None:
         self.budget.tokens += tokens

@@ -1,38 +1,45 @@
 """The LLM stages: async callable classes that Ray Data runs with `map_batches` on an actor pool.
 
 A stage knows nothing about files. It takes a pyarrow batch, sends one request per row (at most
-`slots` at once in this actor), and returns the batch with its output columns added. A row that
-fails keeps its place with null outputs and a record in the `error` column; rows that an earlier
-stage failed are passed through without a request.
+`slots` at once in this actor), and returns the batch with its output columns added. Like
+distilabel's Task, a stage renders a row into a prompt (`format_input`) and reads the reply into its
+output columns (`format_output`); the base class does the rest. A row that fails keeps its place
+with null outputs and a record in the `error` column; rows that an earlier stage failed are passed
+through without a request.
+
+The endpoint and the metrics sink are constructor arguments with defaults (the stage's backend,
+the run's metrics actor), so a stage runs in a test with a fake endpoint and no Ray.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import pyarrow as pa
-import ray
 
+from backtrans import schema
+from backtrans.backends import Reply, backend_for
 from backtrans.config import StageConfig
-from backtrans.endpoints import ChatEndpoint, EndpointFailure, is_pushback, read_api_key
-from backtrans.metrics import StageCounts
-from backtrans.pacing import Gate
+from backtrans.endpoints import ChatEndpoint, EndpointFailure
+from backtrans.errors import one_line
+from backtrans.metrics import StageCounts, StopReason
 from backtrans.parse import parse_verdict
 from backtrans.prompts import load_template, render
+from backtrans.schema import BacktransError
 
-ERROR_COLUMN = "error"
-ERROR_TYPE = pa.struct(
-    [("stage", pa.string()), ("type", pa.string()), ("message", pa.string()), ("attempts", pa.int32())]
-)
+GAUGE_INTERVAL_S = 2.0  # how often an actor reports its requests in flight
 
 
 @dataclass(frozen=True)
 class StageSpec:
     """Everything an actor needs to build its stage; small and picklable, holds no key."""
 
-    name: str  # config section: "generate" | "score"
+    name: str  # config section: "augment" | "generate" | "score"
     config: StageConfig
     base_url: str | None
     template_path: str
@@ -41,40 +48,98 @@ class StageSpec:
 
 @dataclass(frozen=True)
 class RowFailure:
+    """Why a row has no outputs. `keep` holds the outputs it keeps anyway (the raw reply of an
+    unparseable score), by output column."""
+
     type: str
     message: str
     attempts: int = 0
+    keep: Mapping[str, object] = field(default_factory=dict)
+
+
+class MetricsSink(Protocol):
+    """Where a stage reports (the run's RunMetrics actor; a plain object in tests)."""
+
+    def add(self, stage: str, counts: StageCounts) -> None: ...
+
+    def gauge(self, stage: str, actor_id: str, in_flight: int) -> None: ...
+
+    async def stop(self, reason: StopReason) -> None: ...
+
+
+class RemoteMetrics:
+    """The RunMetrics actor as a MetricsSink: counts and gauges are sent without waiting; a stop is
+    awaited, so it is recorded before the stage's exception can reach the driver."""
+
+    def __init__(self, actor_name: str):
+        import ray
+
+        self._actor = ray.get_actor(actor_name)
+
+    def add(self, stage: str, counts: StageCounts) -> None:
+        self._actor.add.remote(stage, counts)
+
+    def gauge(self, stage: str, actor_id: str, in_flight: int) -> None:
+        self._actor.gauge.remote(stage, actor_id, in_flight)
+
+    async def stop(self, reason: StopReason) -> None:
+        await self._actor.stop.remote(reason)
+
+
+def default_endpoint(spec: StageSpec) -> ChatEndpoint:
+    client = backend_for(spec.config).connect(spec.name, spec.config, spec.base_url)
+    return ChatEndpoint(spec.name, spec.config, client)
 
 
 class LLMStage:
-    """Shared mechanics; subclasses name their input columns and turn a reply into output values."""
+    """Shared mechanics; subclasses name their input and output columns and implement `format_output`."""
 
     inputs: tuple[str, ...] = ()
-    outputs: dict[str, pa.DataType] = {}
+    outputs: tuple[str, ...] = ()  # output columns; their types are schema.OUTPUT_TYPES'
 
-    def __init__(self, spec: StageSpec):
+    def __init__(self, spec: StageSpec, endpoint: ChatEndpoint | None = None, metrics: MetricsSink | None = None):
         self.spec = spec
         self.template = load_template(spec.template_path)
         # Built here, not on the first batch: importing and building the client costs seconds of CPU
         # that would otherwise stall the event loop. asyncio primitives bind to a loop on first use.
-        gate = Gate(spec.name, spec.config, spec.config.actors, is_pushback)
-        api_key = read_api_key(spec.config, spec.name)
-        self.endpoint = ChatEndpoint(spec.config, spec.base_url, api_key, gate, stage_name=spec.name)
-        self.metrics = ray.get_actor(spec.metrics_actor)
+        self.endpoint = endpoint or default_endpoint(spec)
+        self.metrics = metrics or RemoteMetrics(spec.metrics_actor)
+        self.actor_id = uuid.uuid4().hex
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop Ray Data runs this actor's batches on
+        self._gauge: asyncio.Task | None = None
 
     def __del__(self):
-        # Ray Data drops the stage when its pool shuts down; close the client's connections on the loop
-        # that opened them (aiohttp warns about every session left open).
-        if self._loop is not None and self._loop.is_running():
+        # Ray Data drops the stage when its pool shuts down: a last gauge, so the run's in-flight
+        # figure does not keep this actor's stale count, and close the client's connections on the
+        # loop that opened them (aiohttp warns about every session left open).
+        with contextlib.suppress(Exception):  # also when __init__ failed half-way
+            self.metrics.gauge(self.spec.name, self.actor_id, self.endpoint.in_flight)
+        loop = getattr(self, "_loop", None)
+        if loop is not None and loop.is_running():
             with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(self.endpoint.close(), self._loop).result(timeout=5)
+                asyncio.run_coroutine_threadsafe(self._close(), loop).result(timeout=5)
 
-    def outputs_for(self, reply_text: str) -> tuple[list, RowFailure | None]:
+    async def _close(self) -> None:
+        if self._gauge is not None:
+            self._gauge.cancel()
+        await self.endpoint.close()
+
+    async def _report_in_flight(self) -> None:
+        # On a timer, not per request: one Ray call per actor every GAUGE_INTERVAL_S.
+        while True:
+            self.metrics.gauge(self.spec.name, self.actor_id, self.endpoint.in_flight)
+            await asyncio.sleep(GAUGE_INTERVAL_S)
+
+    def format_input(self, row: Mapping[str, str]) -> str:
+        """The prompt for a row of this stage's input columns."""
+        return render(self.template, **row)
+
+    def format_output(self, reply: Reply, row: Mapping[str, str]) -> dict | RowFailure:
+        """The row's outputs by column, read from the reply, or why the reply is of no use."""
         raise NotImplementedError
 
-    def _check_inputs(self, values: dict[str, str | None]) -> RowFailure | None:
-        for column, text in values.items():
+    def _check_inputs(self, row: Mapping[str, str | None]) -> RowFailure | None:
+        for column, text in row.items():
             if text is None or not str(text).strip():
                 return RowFailure("bad_input", f"{column} is empty")
             if len(text) > self.spec.config.max_input_chars:
@@ -84,21 +149,19 @@ class LLMStage:
                 )
         return None
 
-    async def _row(self, values: dict[str, str | None], counts: StageCounts) -> tuple[list, RowFailure | None]:
-        failure = self._check_inputs(values)
+    async def _row(self, row: Mapping[str, str | None], counts: StageCounts) -> dict | RowFailure:
+        failure = self._check_inputs(row)
         if failure is not None:
-            return [None] * len(self.outputs), failure
-        prompt = render(self.template, **values)
+            return failure
         try:
-            reply = await self._ask(prompt, counts)
-            outputs, failure = self.outputs_for(reply.text)
-            if failure is not None and failure.type == "unparseable_score" and self.spec.config.reask_unparseable:
-                outputs, failure = self.outputs_for((await self._ask(prompt, counts)).text)
+            return await self._answer(row, self.format_input(row), counts)
         except EndpointFailure as error:
-            return [None] * len(self.outputs), RowFailure(error.error_type, error.message, error.attempts)
-        return outputs, failure
+            return RowFailure(error.error_type, error.message, error.attempts)
 
-    async def _ask(self, prompt: str, counts: StageCounts):
+    async def _answer(self, row: Mapping[str, str], prompt: str, counts: StageCounts) -> dict | RowFailure:
+        return self.format_output(await self._ask(prompt, counts), row)
+
+    async def _ask(self, prompt: str, counts: StageCounts) -> Reply:
         try:
             reply, attempts = await self.endpoint.complete(prompt)
         except EndpointFailure as error:
@@ -111,30 +174,44 @@ class LLMStage:
         counts.completion_tokens += reply.completion_tokens
         return reply
 
+    def _failure_row(self, failure: RowFailure) -> dict:
+        return {**dict.fromkeys(self.outputs), **failure.keep}
+
     async def __call__(self, batch: pa.Table) -> pa.Table:
-        self._loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._gauge = self._loop.create_task(self._report_in_flight())
         columns = {name: batch.column(name).to_pylist() for name in self.inputs}
-        earlier = batch.column(ERROR_COLUMN).to_pylist() if ERROR_COLUMN in batch.column_names else [None] * len(batch)
+        earlier = batch.column(schema.ERROR).to_pylist() if schema.ERROR in batch.column_names else [None] * len(batch)
         counts = StageCounts(rows=len(batch))
 
         async def skipped():
-            return [None] * len(self.outputs), None
+            return None
 
-        results = await asyncio.gather(
-            *(
-                skipped() if earlier[i] is not None else self._row({c: columns[c][i] for c in self.inputs}, counts)
-                for i in range(len(batch))
+        try:
+            results = await asyncio.gather(
+                *(
+                    skipped() if earlier[i] is not None else self._row({c: columns[c][i] for c in self.inputs}, counts)
+                    for i in range(len(batch))
+                )
             )
-        )
-        errors = list(earlier)
-        for i, (_, failure) in enumerate(results):
-            if failure is not None:
-                errors[i] = {"stage": self.spec.name, **failure.__dict__}
-                counts.failures[failure.type] += 1
-        self.metrics.add.remote(self.spec.name, counts)
-        for position, (name, dtype) in enumerate(self.outputs.items()):
-            batch = _set_column(batch, name, pa.array([values[position] for values, _ in results], type=dtype))
-        return _set_column(batch, ERROR_COLUMN, pa.array(errors, type=ERROR_TYPE))
+        except BacktransError as error:  # BudgetExhausted, StageDown: the run stops, the driver reads why
+            reason = StopReason(self.spec.name, type(error).__name__, one_line(error), error.resumable)
+            await self.metrics.stop(reason)
+            raise
+        rows, errors = [], list(earlier)
+        for i, result in enumerate(results):
+            if isinstance(result, RowFailure):
+                errors[i] = {"stage": self.spec.name, "type": result.type, "message": result.message,
+                             "attempts": result.attempts}  # fmt: skip
+                counts.failures[result.type] += 1
+                result = self._failure_row(result)
+            rows.append(result or dict.fromkeys(self.outputs))
+        self.metrics.add(self.spec.name, counts)
+        for name in self.outputs:
+            values = pa.array([row[name] for row in rows], type=schema.OUTPUT_TYPES[name])
+            batch = _set_column(batch, name, values)
+        return _set_column(batch, schema.ERROR, pa.array(errors, type=schema.ERROR_TYPE))
 
 
 def _set_column(batch: pa.Table, name: str, values: pa.Array) -> pa.Table:
@@ -146,27 +223,23 @@ def _set_column(batch: pa.Table, name: str, values: pa.Array) -> pa.Table:
 class GenerateStage(LLMStage):
     """Writes a response for each instruction (the seed pipeline's TextGeneration)."""
 
-    inputs = ("instruction",)
-    outputs = {"generation": pa.string(), "generation_model": pa.string()}
+    inputs = (schema.INSTRUCTION,)
+    outputs = (schema.GENERATION, schema.GENERATION_MODEL)
 
-    def outputs_for(self, reply_text: str) -> tuple[list, RowFailure | None]:
-        return [reply_text, self.spec.config.model], None
+    def format_output(self, reply: Reply, row: Mapping[str, str]) -> dict | RowFailure:
+        return {schema.GENERATION: reply.text, schema.GENERATION_MODEL: self.spec.config.model}
 
 
 class AugmentStage(LLMStage):
     """Writes an instruction for each segment (the paper's self-augmentation, by the backward model)."""
 
-    inputs = ("generation",)
-    outputs = {"instruction": pa.string(), "instruction_model": pa.string()}
+    inputs = (schema.GENERATION,)
+    outputs = (schema.INSTRUCTION, schema.INSTRUCTION_MODEL)
 
-    async def _row(self, values: dict[str, str | None], counts: StageCounts) -> tuple[list, RowFailure | None]:
-        outputs, failure = await super()._row(values, counts)
-        if failure is None:
-            failure = instruction_problem(outputs[0], values["generation"], self.spec.config.max_instruction_chars)
-        return ([None] * len(self.outputs) if failure else outputs), failure
-
-    def outputs_for(self, reply_text: str) -> tuple[list, RowFailure | None]:
-        return [reply_text.strip(), self.spec.config.model], None
+    def format_output(self, reply: Reply, row: Mapping[str, str]) -> dict | RowFailure:
+        instruction = reply.text.strip()
+        problem = instruction_problem(instruction, row[schema.GENERATION], self.spec.config.max_instruction_chars)
+        return problem or {schema.INSTRUCTION: instruction, schema.INSTRUCTION_MODEL: self.spec.config.model}
 
 
 def _normalized(text: str) -> str:
@@ -191,14 +264,20 @@ def instruction_problem(instruction: str, segment: str, max_chars: int) -> RowFa
 class ScoreStage(LLMStage):
     """Rates each (instruction, generation) pair with the self-curation prompt; parses score and reason."""
 
-    inputs = ("instruction", "generation")
-    outputs = {"score": pa.int64(), "reason": pa.string(), "scoring_model": pa.string()}
+    inputs = (schema.INSTRUCTION, schema.GENERATION)
+    outputs = (schema.SCORE, schema.REASON, schema.SCORING_MODEL)
 
-    def outputs_for(self, reply_text: str) -> tuple[list, RowFailure | None]:
-        verdict = parse_verdict(reply_text)
-        values = [verdict.score, verdict.reason, self.spec.config.model]
+    def format_output(self, reply: Reply, row: Mapping[str, str]) -> dict | RowFailure:
+        verdict = parse_verdict(reply.text)
+        model = self.spec.config.model
+        values = {schema.SCORE: verdict.score, schema.REASON: verdict.reason, schema.SCORING_MODEL: model}
         if verdict.score is None:
-            return values, RowFailure(
-                "unparseable_score", "the reply has no Score: 1-5 line; raw reply kept in reason", 1
-            )
-        return values, None
+            message = "the reply has no Score: 1-5 line; raw reply kept in reason"
+            return RowFailure("unparseable_score", message, 1, keep=values)
+        return values
+
+    async def _answer(self, row: Mapping[str, str], prompt: str, counts: StageCounts) -> dict | RowFailure:
+        result = await super()._answer(row, prompt, counts)
+        if isinstance(result, RowFailure) and self.spec.config.reask_unparseable:
+            return await super()._answer(row, prompt, counts)  # once: a judge that never scores costs 2x, not more
+        return result

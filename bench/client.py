@@ -53,11 +53,11 @@ async def _run(mode: str, url: str, n: int, c: int) -> dict:
     body_extra = {"max_tokens": 1024, "temperature": 0.7}
     stage_header = {STAGE_HEADER: "generate"}  # as the endpoint sends it, so every mode sends the same request
     if mode == "endpoint":
-        from backtrans.endpoints import ChatEndpoint, is_pushback
-        from backtrans.pacing import Gate
+        from backtrans.backends import backend_for
+        from backtrans.endpoints import ChatEndpoint
 
         stage = stage.model_copy(update={"generation_kwargs": {"max_new_tokens": 1024, "temperature": 0.7}})
-        endpoint = ChatEndpoint(stage, url, None, Gate("generate", stage, 1, is_pushback), stage_name="generate")
+        endpoint = ChatEndpoint("generate", stage, backend_for(stage).connect("generate", stage, url))
 
         async def send(prompt: str) -> None:
             await endpoint.complete(prompt)

@@ -138,4 +138,5 @@ def test_budget_stops_cleanly_with_a_summary_that_says_so(tmp_path):
         assert sim.stats()["total_requests"] <= 40
     summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
     assert summary["complete"] is False and summary["stopped_by"] == "BudgetExhausted"
+    assert summary["reason"].startswith("score.max_requests reached (")  # the stop the stage recorded
     assert (tmp_path / "out" / ".checkpoint").is_dir()

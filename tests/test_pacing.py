@@ -60,3 +60,27 @@ def test_budget_and_health_window_stop_with_named_reasons():
         health.record(ok, "http_503")
     with pytest.raises(StageDown, match="generate: 3 of the last 4 requests failed"):
         health.record(False, "http_503")
+
+
+def test_gate_feeds_each_outcome_to_the_limit_and_the_health_window():
+    from backtrans.config import StageConfig
+    from backtrans.pacing import Gate
+
+    async def scenario():
+        config = StageConfig(backend="openai", model="m", max_concurrency=8, failure_window=2, failure_threshold=1.0)
+        gate = Gate("score", config, share=2)
+        assert gate.limit.ceiling == 4  # the actor's share of max_concurrency
+        async with gate.attempt() as outcome:
+            outcome.failure, outcome.pushed_back = "http_429", True
+        assert int(gate.limit.limit) == 2 and list(gate.health.outcomes) == [False]
+        async with gate.attempt():
+            pass
+        async with gate.attempt() as outcome:
+            outcome.failure = "timeout"
+        assert list(gate.health.outcomes) == [True, False] and gate.budget.requests == 3
+        with pytest.raises(StageDown):
+            async with gate.attempt() as outcome:
+                outcome.failure = "timeout"
+        assert gate.limit.in_flight == 0
+
+    asyncio.run(scenario())

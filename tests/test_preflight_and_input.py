@@ -5,8 +5,8 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
+from backtrans.backends import PreflightError
 from backtrans.job import run_job
-from backtrans.preflight import PreflightError
 from backtrans.simulator import Simulator, SimulatorConfig
 from tests.helpers import score_only_config, write_pairs_jsonl
 
