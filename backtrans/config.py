@@ -35,6 +35,16 @@ class SourceConfig(_Strict):
     bad_lines: Literal["fail", "skip"] = "fail"  # malformed or non-UTF-8 JSONL lines
 
 
+class PriceConfig(_Strict):
+    """What a stage's endpoint charges, in the user's currency per million tokens."""
+
+    input: float = Field(ge=0, description="price per million prompt tokens")
+    output: float = Field(ge=0, description="price per million completion tokens")
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
+
+
 class StageConfig(_Strict):
     backend: Literal["hf-endpoint", "openai", "simulated"]
     base_url: str | None = None
@@ -56,6 +66,7 @@ class StageConfig(_Strict):
     max_input_chars: int = Field(default=20_000, ge=1)  # longer text is a row failure, never sent
     generation_kwargs: dict[str, Any] = Field(default_factory=dict)
     template: str | None = None  # a prompt template file; null: the stage's default from prompts/
+    price: PriceConfig | None = None  # per million tokens: progress, summary and card show the spend
 
     @field_validator("api_key_env")
     @classmethod
