@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from backtrans.jsonl_datasource import ROW_ID_COLUMN
+from backtrans.schema import ROW_HASH
 
 DEFAULT_COLUMNS = ["instruction", "generation", "generation_model", "score", "reason", "scoring_model"]
 
@@ -25,48 +25,88 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _field(default: Any = ..., description: str = "", **constraints: Any) -> Any:
+    """A config field; its description is the README's config table (`config_reference`)."""
+    if callable(default):  # dict, list, a section class or a lambda: a fresh value per config
+        return Field(default_factory=default, description=description, **constraints)
+    return Field(default=default, description=description, **constraints)
+
+
 class SourceConfig(_Strict):
-    uri: str
-    split: str = "train"
-    config_name: str | None = None  # Hub datasets with several configs (load_dataset's `name`)
-    revision: str | None = None
-    rename: dict[str, str] = Field(default_factory=dict)
-    limit: int | None = Field(default=None, ge=1)
-    bad_lines: Literal["fail", "skip"] = "fail"  # malformed or non-UTF-8 JSONL lines
+    uri: str = _field(
+        description="`hf://datasets/OWNER/NAME` (with `split`), `hf://datasets/OWNER/NAME/path/or/*.parquet`, "
+        "a local file, folder or glob of `.parquet`/`.jsonl`, or `s3://...`"
+    )
+    split: str = _field("train", "Hub datasets: the split, resolved by the `datasets` library (file-name patterns "
+                        "or the card's `configs:`)")  # fmt: skip
+    config_name: str | None = _field(None, "Hub datasets with several configs (`load_dataset`'s `name`)")
+    revision: str | None = _field(None, "Hub revision (branch, tag or commit)")
+    rename: dict[str, str] = _field(dict, "`{old: new}` column renames, like distilabel's `output_mappings`")
+    limit: int | None = _field(None, "only the first N rows (the same N rows on every resume)", ge=1)
+    bad_lines: Literal["fail", "skip"] = _field(
+        "fail", "malformed or non-UTF-8 JSONL lines: `fail` (naming file and line) or `skip`"
+    )
 
 
 class PriceConfig(_Strict):
     """What a stage's endpoint charges, in the user's currency per million tokens."""
 
-    input: float = Field(ge=0, description="price per million prompt tokens")
-    output: float = Field(ge=0, description="price per million completion tokens")
+    input: float = _field(description="price per million prompt tokens", ge=0)
+    output: float = _field(description="price per million completion tokens", ge=0)
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
 
 
 class StageConfig(_Strict):
-    backend: Literal["hf-endpoint", "openai", "simulated"]
-    base_url: str | None = None
-    endpoint_name: str | None = None
-    model: str
-    api_key_env: str | None = None
-    max_concurrency: int = Field(default=32, ge=1)
-    requests_per_minute: int | None = Field(default=None, ge=1)
-    tokens_per_minute: int | None = Field(default=None, ge=1)
-    max_requests: int | None = Field(default=None, ge=1)  # budget: the job stops, resumable, when spent
-    max_tokens: int | None = Field(default=None, ge=1)
-    failure_window: int = Field(default=50, ge=1)  # the stage is down when most of the last N attempts
-    failure_threshold: float = Field(default=0.8, gt=0, le=1)  # ... failed: stop instead of failing every row
-    reask_unparseable: bool = False  # score: ask once more when a reply has no parseable score
-    timeout_s: float = Field(default=120, gt=0)
-    max_retries: int = Field(default=6, ge=0)
-    # Actor-pool size; max_concurrency is split across them. Null: one actor per 64 requests in flight.
-    actors: int | None = Field(default=None, ge=1)
-    max_input_chars: int = Field(default=20_000, ge=1)  # longer text is a row failure, never sent
-    generation_kwargs: dict[str, Any] = Field(default_factory=dict)
-    template: str | None = None  # a prompt template file; null: the stage's default from prompts/
-    price: PriceConfig | None = None  # per million tokens: progress, summary and card show the spend
+    backend: Literal["hf-endpoint", "openai", "simulated"] = _field(
+        description="`hf-endpoint` (huggingface_hub `AsyncInferenceClient`), `openai` (`openai.AsyncOpenAI`), "
+        "`simulated` (the loopback simulator)"
+    )
+    base_url: str | None = _field(None, "server URL; null means the backend's default (api.openai.com for `openai`)")
+    endpoint_name: str | None = _field(None, "`hf-endpoint`: a dedicated Inference Endpoint, looked up by name")
+    model: str = _field(description="model id sent with each request and written to `generation_model` / "
+                        "`scoring_model`")  # fmt: skip
+    api_key_env: str | None = _field(None, "NAME of the environment variable holding the key")
+    max_concurrency: int = _field(
+        32, "requests in flight for the stage across the whole job (split evenly over its actors; halved on "
+        "429s and raised again as they stop)", ge=1
+    )  # fmt: skip
+    requests_per_minute: int | None = _field(None, "rate limit across the whole job (each actor takes an equal "
+                                             "share)", ge=1)  # fmt: skip
+    tokens_per_minute: int | None = _field(
+        None, "token rate limit across the whole job (prompt + completion tokens the server reports)", ge=1
+    )
+    max_requests: int | None = _field(
+        None, "budget: when spent, the job stops with exit 1, a summary that says so, and a checkpoint to resume "
+        "from; it holds for the output, across its re-runs", ge=1
+    )  # fmt: skip
+    max_tokens: int | None = _field(None, "token budget, like `max_requests`", ge=1)
+    failure_window: int = _field(50, "the stage is down when `failure_threshold` of its last N attempts failed: "
+                                 "the job stops instead of writing a failure for every row", ge=1)  # fmt: skip
+    failure_threshold: float = _field(0.8, "see `failure_window`", gt=0, le=1)
+    reask_unparseable: bool = _field(False, "`score`: ask once more when the reply has no parseable `Score:` line")
+    timeout_s: float = _field(120, "per request, in seconds", gt=0)
+    max_retries: int = _field(
+        6, "retries of 408/409/429/5xx, timeouts, dropped connections and malformed bodies, with backoff and "
+        "`Retry-After`", ge=0
+    )  # fmt: skip
+    actors: int | None = _field(
+        None, "actors in the stage's pool (null: one per 64 of `max_concurrency`; each takes 0.1 CPU and keeps its "
+        "share of `max_concurrency` in flight)", ge=1
+    )  # fmt: skip
+    max_input_chars: int = _field(20_000, "longer inputs fail the row without a request", ge=1)
+    generation_kwargs: dict[str, Any] = _field(
+        dict, "`max_new_tokens` (sent as `max_tokens`), `temperature`, `top_p`, `stop`, `seed`, "
+        "`frequency_penalty`, `presence_penalty`"
+    )  # fmt: skip
+    template: str | None = _field(
+        None, "a prompt file with `{instruction}` / `{generation}`; null: the paper's prompt for `score`, the bare "
+        "instruction for `generate`"
+    )  # fmt: skip
+    price: PriceConfig | None = _field(
+        None, "`{input: X, output: Y}` per million tokens: progress, summary and card show the spend"
+    )
 
     @field_validator("api_key_env")
     @classmethod
@@ -76,22 +116,73 @@ class StageConfig(_Strict):
             raise ValueError("must be the NAME of an environment variable (letters, digits, _), not a key")
         return value
 
+    @field_validator("generation_kwargs")
+    @classmethod
+    def _chat_parameters(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        for name in kwargs:
+            if name not in GENERATION_KWARGS:
+                raise ValueError(
+                    f"{name!r} is not a chat-completions parameter (known: {', '.join(GENERATION_KWARGS)})"
+                )
+        return kwargs
+
+    @field_validator("template")
+    @classmethod
+    def _template_file(cls, path: str | None) -> str | None:
+        if path is not None:
+            from backtrans.prompts import TemplateError, load_template
+
+            try:
+                load_template(path)
+            except FileNotFoundError:
+                raise ValueError(f"file not found: {path}") from None
+            except (IsADirectoryError, UnicodeDecodeError, TemplateError) as error:
+                raise ValueError(str(error)) from None
+        return path
+
+    @model_validator(mode="after")
+    def _backend_keys(self) -> StageConfig:
+        from backtrans.backends import backend_for  # the backends import this module for its types
+
+        backend_for(self).check_config(self)
+        return self
+
+
+# `generation_kwargs` are written with distilabel's names (max_new_tokens); the backends map them
+# onto the chat APIs' names.
+GENERATION_KWARGS = (
+    "max_new_tokens",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "frequency_penalty",
+    "presence_penalty",
+)
+
 
 class AugmentConfig(StageConfig):
     """The backward model: writes an instruction for each segment (the paper's self-augmentation)."""
 
-    # paper: the instruction-writing prompt of prompts/backward.txt; bare: the segment alone, for a
-    # fine-tuned backward model (M_yx) that was trained on bare text. `template:` overrides both.
-    prompt: Literal["paper", "bare"] = "paper"
-    max_instruction_chars: int = Field(default=1_000, ge=1)  # a longer written instruction is a row failure
+    prompt: Literal["paper", "bare"] = _field(
+        "paper", "`paper`: the instruction-writing prompt of `prompts/backward.txt`; `bare`: the segment alone, for a "
+        "backward model fine-tuned on bare text (`template:` overrides both)"
+    )  # fmt: skip
+    max_instruction_chars: int = _field(1_000, "a longer written instruction is a row failure", ge=1)
 
 
 class CurationConfig(_Strict):
     """The curated training sets published beside `all`, and what is mixed into them."""
 
-    # dataset config name -> minimum score (the paper's A4: score >= 4, A5: score = 5)
-    subsets: dict[str, int] = Field(default_factory=lambda: {"a4": 4, "a5": 5})
-    seed: SourceConfig | None = None  # seed pairs (instruction, generation) added to every subset, seed-tagged
+    subsets: dict[str, int] = _field(
+        lambda: {"a4": 4, "a5": 5},
+        "curated dataset configs: name -> minimum score (the paper's A4: score >= 4, A5: score = 5)",
+    )
+    seed: SourceConfig | None = _field(
+        None, "a source of seed pairs (`instruction`, `generation` after `rename`) mixed into every subset with the "
+        "seed tag and a null score"
+    )  # fmt: skip
 
     @field_validator("subsets")
     @classmethod
@@ -105,21 +196,23 @@ class CurationConfig(_Strict):
 
 
 class SegmentsConfig(_Strict):
-    """The paper's web-segment filter (backtrans/segments.py), applied before any request is spent."""
+    """The paper's web-segment filter (backtrans/segments), applied before any request is spent."""
 
-    text_column: str = "text"  # the web text (after source.rename); it becomes `generation`
-    min_chars: int = Field(default=600, ge=0)
-    max_chars: int = Field(default=3000, ge=1)
-    exact_dedup: bool = True
-    near_dedup: bool = True
-    near_dup_threshold: float = Field(default=0.8, gt=0, lt=1)  # Jaccard of word 5-gram shingles
-    max_repetition: float = Field(default=0.3, gt=0, le=1)  # duplicate lines / sentences / 5-grams in one text
-    boilerplate: bool = True  # navigation headers, link-heavy text, cookie banners
-    max_uppercase_ratio: float = Field(default=0.5, gt=0, le=1)  # upper / cased letters
-    # Of each group of duplicates keep the row with the smallest value here (ties: smallest row_hash).
-    # row_hash is arbitrary but stable across runs; a source's own order or date column keeps the first.
-    keep_first_by: str = ROW_ID_COLUMN
-    num_partitions: int = Field(default=16, ge=1)  # hash partitions of the dedup shuffle (more for big corpora)
+    text_column: str = _field("text", "the web text (after `source.rename`); it becomes `generation`")
+    min_chars: int = _field(600, "shortest segment kept (the paper's bound)", ge=0)
+    max_chars: int = _field(3000, "longest segment kept (the paper's bound)", ge=1)
+    exact_dedup: bool = _field(True, "drop exact duplicates (global)")
+    near_dedup: bool = _field(True, "drop near duplicates: MinHash over word 5-grams (global)")
+    near_dup_threshold: float = _field(0.8, "Jaccard similarity of word 5-gram shingles that counts as a near "
+                                       "duplicate", gt=0, lt=1)  # fmt: skip
+    max_repetition: float = _field(0.3, "most duplicate lines / sentences / 5-grams in one text", gt=0, le=1)
+    boilerplate: bool = _field(True, "drop navigation headers, link-heavy text, cookie banners")
+    max_uppercase_ratio: float = _field(0.5, "most upper-case share of cased letters", gt=0, le=1)
+    keep_first_by: str = _field(
+        ROW_HASH, "of each group of duplicates keep the row with the smallest value here (ties: smallest "
+        "`row_hash`); a source's own order or date column keeps the first"
+    )  # fmt: skip
+    num_partitions: int = _field(16, "hash partitions of the dedup shuffle (more for big corpora)", ge=1)
 
     @model_validator(mode="after")
     def _bounds_in_order(self) -> SegmentsConfig:
@@ -129,30 +222,43 @@ class SegmentsConfig(_Strict):
 
 
 class OutputConfig(_Strict):
-    path: str = "out/instruction-backtranslation"
-    columns: list[str] = Field(default_factory=lambda: list(DEFAULT_COLUMNS))
-    min_rows_per_file: int = Field(default=50_000, ge=1)  # rows per shard of a finished output
-    # Rows per committed write while the job runs: finished rows that are not yet committed are sent
-    # again after a kill, so this bounds what a kill costs (besides the rows in flight).
-    commit_rows: int = Field(default=1024, ge=1)
-    mode: Literal["resume", "overwrite"] = "resume"
+    path: str = _field("out/instruction-backtranslation", "local folder or any URI Ray writes")
+    columns: list[str] = _field(
+        lambda: list(DEFAULT_COLUMNS),
+        "columns kept, in order; may add source columns, `error` (failure record), `row_id` (the stable id), "
+        "`messages` (chat export), `origin` or `row_hash`",
+    )
+    min_rows_per_file: int = _field(50_000, "rows per Parquet shard of a finished output", ge=1)
+    commit_rows: int = _field(
+        1024, "rows per committed write while the job runs: the most finished rows a kill can cost again (the "
+        "finished output is compacted to `min_rows_per_file`)", ge=1
+    )  # fmt: skip
+    mode: Literal["resume", "overwrite"] = _field(
+        "resume", "`resume`: continue an unfinished output, skip a finished one; `overwrite`: start over"
+    )
 
 
 class HubConfig(_Strict):
-    repo_id: str | None = None
-    private: bool = True
-    token_env: str = "HF_TOKEN"
+    repo_id: str | None = _field(None, "set to push")
+    private: bool = _field(True, "visibility of a repo the job creates")
+    token_env: str = _field("HF_TOKEN", "NAME of the environment variable with the Hub token")
 
 
 class JobConfig(_Strict):
-    source: SourceConfig
-    segments: SegmentsConfig | None = None  # web corpora: filter documents into segments first
-    augment: AugmentConfig | None = None  # web corpora: write an instruction for each segment
-    generate: StageConfig | None = None  # seed data: write a response for each instruction
-    score: StageConfig
-    curation: CurationConfig = Field(default_factory=CurationConfig)
-    output: OutputConfig = Field(default_factory=OutputConfig)
-    hub: HubConfig = Field(default_factory=HubConfig)
+    source: SourceConfig = _field(description="where the rows come from")
+    segments: SegmentsConfig | None = _field(None, "web corpora: filter documents into segments first")
+    augment: AugmentConfig | None = _field(
+        None, "web corpora: the backward-model stage (all `STAGE.*` keys); needs `segments` or a `generation` "
+        "column, and excludes `generate`"
+    )  # fmt: skip
+    generate: StageConfig | None = _field(
+        None, "optional stage that writes a response for each instruction; omit it when the input already has "
+        "`generation`"
+    )  # fmt: skip
+    score: StageConfig = _field(description="the self-curation judge")
+    curation: CurationConfig = _field(CurationConfig, "the curated subsets")
+    output: OutputConfig = _field(OutputConfig, "where and how the rows are written")
+    hub: HubConfig = _field(HubConfig, "the Hub push")
 
     @model_validator(mode="after")
     def _one_way_to_make_pairs(self) -> JobConfig:
@@ -181,21 +287,39 @@ def _set_dotted(tree: dict, dotted_key: str, raw_value: str) -> None:
 
 
 def _describe(error: ValidationError) -> str:
-    first = error.errors()[0]
-    key_path = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    reason = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
-    more = len(error.errors()) - 1
-    return f"config key {key_path}: {reason}" + (f" (and {more} more problems)" if more else "")
+    """Every problem pydantic found, one line each, each naming its key path."""
+    lines = []
+    for problem in error.errors():
+        # A validator's own message starts with the key it is about ("base_url: ..."): join the paths.
+        key_path = ".".join(str(part) for part in problem["loc"])
+        reason = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"].removeprefix("Value error, ")
+        head, sep, rest = reason.partition(": ")
+        if sep and head.replace("_", "").replace(".", "").isalnum() and head.islower() and " " not in head:
+            key_path, reason = ".".join(filter(None, (key_path, head))), rest
+        lines.append(f"config key {key_path or '(top level)'}: {reason}")
+    return "\n".join(lines)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder; give the path of a YAML file in it") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {error.problem or error.context}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> JobConfig:
     """Read a YAML config, apply `dotted.key=value` overrides, validate; ConfigError names the key."""
-    try:
-        tree = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path} is not valid YAML: {error}".splitlines()[0]) from None
+    tree = _read_yaml(Path(path))
     if not isinstance(tree, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections")
     for override in overrides:
@@ -207,3 +331,40 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> JobConfig:
         return JobConfig.model_validate(tree)
     except ValidationError as error:
         raise ConfigError(_describe(error)) from None
+
+
+# README's config table, made from the fields' descriptions (tests/test_config.py keeps them equal).
+# Stage keys are listed once as STAGE.* (generate, augment and score take them all).
+_SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
+    ("source", SourceConfig),
+    ("segments", SegmentsConfig),
+    ("augment", AugmentConfig),
+    ("curation", CurationConfig),
+    ("STAGE", StageConfig),
+    ("STAGE.price", PriceConfig),
+    ("output", OutputConfig),
+    ("hub", HubConfig),
+)
+
+
+def _shown_default(field) -> str:
+    if field.is_required():
+        return "(required)"
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, BaseModel):
+        return "(section)"
+    text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
+    return f"`{text}`"
+
+
+def config_reference() -> str:
+    """The config keys as a Markdown table: key, default, meaning."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for name in ("segments", "augment", "generate"):
+        rows.append(f"| `{name}` | absent | {JobConfig.model_fields[name].description} |")
+    for prefix, model in _SECTIONS:
+        inherited = StageConfig.model_fields if model is AugmentConfig else {}
+        for key, field in model.model_fields.items():
+            if key not in inherited:
+                rows.append(f"| `{prefix}.{key}` | {_shown_default(field)} | {field.description} |")
+    return "\n".join(rows)
