@@ -36,14 +36,14 @@ def test_reads_a_hub_split_and_pushes_shards(tmp_path, fake_hub):
     fake_hub.put_files("datasets", SOURCE_REPO, {"step3-eval.jsonl": _jsonl(300)})
     with Simulator(SimulatorConfig(latency_ms=2)) as sim:
         config = seed_config(f"hf://datasets/{SOURCE_REPO}", tmp_path / "out", sim.url)
-        config.hub.repo_id = "tester/backtranslated"
+        config.hub.repo_id = "fake-user/backtranslated"
         run_job(config)
-        first_push = _pushed_table(fake_hub, "tester/backtranslated")
+        first_push = _pushed_table(fake_hub, "fake-user/backtranslated")
 
         config.output.mode = "overwrite"
         run_job(config)
 
-    files, shards, tables = _pushed_table(fake_hub, "tester/backtranslated")
+    files, shards, tables = _pushed_table(fake_hub, "fake-user/backtranslated")
     assert "README.md" in files and "run_summary.json" in files
     assert shards and all(path.endswith(".parquet") for path in shards)
     assert len(shards) == len(first_push[1]) and set(shards).isdisjoint(first_push[1])  # replaced, not added
@@ -52,7 +52,7 @@ def test_reads_a_hub_split_and_pushes_shards(tmp_path, fake_hub):
     for table in tables:
         assert table.column_names == SEED_COLUMNS
         assert_scores_match_simulator(table)
-    assert b'load_dataset("tester/backtranslated"' in files["README.md"]
+    assert b'load_dataset("fake-user/backtranslated"' in files["README.md"]
 
 
 def test_unknown_split_names_the_splits(tmp_path, fake_hub):

@@ -33,7 +33,7 @@ def _requests_by_kind(sim: Simulator) -> dict[str, int]:
 
 
 def test_web_demo_filters_augments_scores_and_publishes_subsets(tmp_path, fake_hub):
-    repo = "tester/web-backtranslated"
+    repo = "fake-user/web-backtranslated"
     with Simulator(SimulatorConfig(latency_ms=2)) as sim:
         config = load_config(
             WEB_DEMO,
