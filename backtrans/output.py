@@ -113,7 +113,7 @@ class OutputFolder:
 
     def write_bytes(self, path: str, data: bytes) -> None:
         """One whole-file write (one PUT on an object store): a reader sees the old file or the new one."""
-        self.filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        self._make_parent(path)
         with self.filesystem.open_output_stream(path) as f:
             f.write(data)
 
@@ -159,7 +159,12 @@ class OutputFolder:
     def move(self, source: str, target: str) -> None:
         """Atomic on a local disk; a copy and a delete on an object store, so callers mark completion
         with a marker instead of relying on the move."""
+        self._make_parent(target)
         self.filesystem.move(source, target)
+
+    def _make_parent(self, path: str) -> None:
+        # A local disk needs the folder; an object store has none, and creating one is a no-op there.
+        self.filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
 
     def has_rows_without_checkpoint(self) -> bool:
         return bool(self.files(self.data)) and not self.exists(self.checkpoint)
