@@ -227,20 +227,30 @@ def _timed(fn, *args) -> float:
     return round(time.time() - started, 2)
 
 
-def _stop(error: Exception, config: JobConfig, folder: OutputFolder, metrics, state: str, started: float, phases):
-    """The run stopped early: leave a summary that says why (rows written so far stay checkpointed)."""
-    kind, message = root_failure(error)
-    summary = build_summary(
+def _summary(
+    config: JobConfig, folder: OutputFolder, metrics, state: str, started: float, phases: Phases, contents, **passes
+) -> RunSummary:
+    """The run's summary from what its passes returned (`passes`: curated, plot, stop)."""
+    snapshot = ray.get(metrics.snapshot.remote())
+    segments = filter_counts(folder) if config.segments is not None else None
+    return build_summary(
         config,
-        read_contents(folder, SCORE in config.output.columns),
-        ray.get(metrics.snapshot.remote()),
+        contents,
+        snapshot,
         state=state,
         simulated=_simulated(config),
         started=started,
         phases=phases,
-        segments=filter_counts(folder) if config.segments is not None else None,
-        stop=(kind, message),
+        segments=segments,
+        **passes,
     )
+
+
+def _stop(error: Exception, config: JobConfig, folder: OutputFolder, metrics, state: str, started: float, phases):
+    """The run stopped early: leave a summary that says why (rows written so far stay checkpointed)."""
+    kind, message = root_failure(error)
+    contents = read_contents(folder, SCORE in config.output.columns)
+    summary = _summary(config, folder, metrics, state, started, phases, contents, stop=(kind, message))
     write_summary(folder, summary)
     if kind in RESUMABLE_STOPS:
         raise JobError(f"{message}; {summary.rows} rows are written, run the same command again to resume") from None
@@ -327,16 +337,6 @@ def run_job(config: JobConfig, started: float | None = None) -> RunResult:
             "compaction": compaction_seconds,
         }
     )
-    summary = build_summary(
-        config,
-        contents,
-        ray.get(metrics.snapshot.remote()),
-        state=state,
-        simulated=_simulated(config),
-        started=started,
-        phases=phases,
-        segments=filter_counts(folder) if config.segments is not None else None,
-        curated=curated,
-        plot=PLOT_FILE if contents.scores is not None else None,
-    )
+    plot = PLOT_FILE if contents.scores is not None else None
+    summary = _summary(config, folder, metrics, state, started, phases, contents, curated=curated, plot=plot)
     return RunResult(folder.root, state, _publish(config, folder, summary, repo_id))
