@@ -190,8 +190,8 @@ def _read_candidates(
 
 
 def _kept_columns(config: JobConfig) -> list[str]:
-    """`output.columns`, plus `origin` before `messages` when only `messages` is kept: the tag must
-    stay with the row, so that reading the output again (a re-score) keeps it."""
+    """`output.columns`, plus `origin` before `messages` when `messages` is kept without it: the tag
+    must stay with the row, so that reading the output again (a re-score) keeps it."""
     columns = list(config.output.columns)
     if MESSAGES in columns and ORIGIN not in columns:
         columns.insert(columns.index(MESSAGES), ORIGIN)

@@ -166,15 +166,12 @@ class OutputFolder:
         # A local disk needs the folder; an object store has none, and creating one is a no-op there.
         self.filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
 
-    def has_rows_without_checkpoint(self) -> bool:
-        return bool(self.files(self.data)) and not self.exists(self.checkpoint)
-
     def prepare(self, mode: str) -> str:
         """Make the folder ready for a run that writes rows: "fresh" or "resume". (A complete output is
         told by its summary before this, see `summary.read_summary`.)"""
         if mode == "overwrite":
             self.delete_dir(self.root)
-        if self.has_rows_without_checkpoint():
+        if self.files(self.data) and not self.exists(self.checkpoint):
             raise OutputError(
                 f"output.path {self.root} holds data/ from an unknown run and no checkpoint; "
                 "set output.mode=overwrite to replace it"
