@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import yaml
 
-from backtrans.output import CURATED_DIR, PLOT_FILE
+from backtrans.output import CURATED_DIR, DATA_DIR, PLOT_FILE
+from backtrans.summary import CuratedSummary, RunSummary
 
 SIMULATED_NOTICE = (
     "> **Simulated text.** This run used `backend: simulated`, a deterministic loopback stand-in for an "
@@ -13,23 +14,28 @@ SIMULATED_NOTICE = (
 )
 
 
-def _dataset_configs(summary: dict) -> list[dict]:
+def _config_folders(summary: RunSummary) -> dict[str, str]:
     """`all` (every candidate, the default) and one config per curated subset, so that
-    `load_dataset(repo, "a5")` works."""
-    configs = [{"config_name": "all", "data_files": [{"split": "train", "path": "data/*.parquet"}], "default": True}]
-    for name in (summary.get("curated") or {}).get("subsets", {}):
-        configs.append(
-            {"config_name": name, "data_files": [{"split": "train", "path": f"{CURATED_DIR}/{name}/*.parquet"}]}
-        )
-    return configs
+    `load_dataset(repo, "a5")` works: config name -> its folder."""
+    subsets = summary.curated.subsets if summary.curated else {}
+    return {"all": DATA_DIR} | {name: f"{CURATED_DIR}/{name}" for name in subsets}
 
 
-def _front_matter(summary: dict) -> str:
-    meta = {
-        "configs": _dataset_configs(summary),
+def _front_matter(summary: RunSummary) -> str:
+    folders = _config_folders(summary)
+    configs = [
+        {"config_name": name, "data_files": [{"split": "train", "path": f"{folder}/*.parquet"}]}
+        | ({"default": True} if name == "all" else {})
+        for name, folder in folders.items()
+    ]
+    meta = {"configs": configs}
+    if summary.columns:  # every config has the columns of data/ (the subsets are rows of it)
+        features = [{"name": column.name, **column.feature} for column in summary.columns]
+        meta["dataset_info"] = [{"config_name": name, "features": features} for name in folders]
+    meta |= {
         "task_categories": ["text-generation"],
         "tags": ["synthetic", "instruction-backtranslation", "self-curation", "backtrans"],
-        "size_categories": [_size_category(summary["rows"])],
+        "size_categories": [_size_category(summary.rows)],
     }
     return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
 
@@ -41,14 +47,20 @@ def _size_category(rows: int) -> str:
     return "1M<n<10M"
 
 
-def _stage_table(summary: dict) -> str:
+def _stage_table(summary: RunSummary) -> str:
     lines = ["| stage | backend | model | requests | prompt tokens | completion tokens |", "|---|---|---|---|---|---|"]
-    for name, stage in summary["stages"].items():
+    for name, stage in summary.stages.items():
         lines.append(
-            f"| {name} | {stage['backend']} | `{stage['model']}` | {stage['requests']} "
-            f"| {stage['prompt_tokens']} | {stage['completion_tokens']} |"
+            f"| {name} | {stage.backend} | `{stage.model}` | {stage.requests} "
+            f"| {stage.prompt_tokens} | {stage.completion_tokens} |"
         )
     return "\n".join(lines)
+
+
+def _column_table(summary: RunSummary) -> str:
+    lines = ["## Columns\n", "| column | Arrow type |", "|---|---|"]
+    lines += [f"| `{column.name}` | `{column.type}` |" for column in summary.columns]
+    return "\n".join(lines) + "\n"
 
 
 def _score_table(scores: dict | None) -> str:
@@ -71,10 +83,10 @@ def _filter_table(segments: dict | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _subset_table(curated: dict | None, repo_name: str) -> str:
+def _subset_table(curated: CuratedSummary | None, repo_name: str) -> str:
     if not curated:
         return ""
-    thresholds, sizes, moves = curated["thresholds"], curated["subsets"], curated.get("moves")
+    thresholds, sizes, moves = curated.thresholds, curated.subsets, curated.moves
     header = "| config | rows | rule |" + (" entered | left |" if moves else "")
     lines = ["## Curated subsets\n", header, "|---|---|---|" + ("---|---|" if moves else "")]
     for name, rows in sizes.items():
@@ -82,30 +94,31 @@ def _subset_table(curated: dict | None, repo_name: str) -> str:
         lines.append(line + (f" {moves[name]['entered']} | {moves[name]['left']} |" if moves else ""))
     if moves:
         lines.append("\nEntered / left: pairs that moved into or out of the subset against `score_prev`.")
-    if curated.get("seed"):
-        lines.append(f"\nEach subset also holds the seed pairs of `{curated['seed']}`, tagged as seed data.")
+    if curated.seed:
+        lines.append(f"\nEach subset also holds the seed pairs of `{curated.seed}`, tagged as seed data.")
     example = next(iter(sizes))
     lines.append(f'\n```python\nload_dataset("{repo_name}", "{example}", split="train")\n```')
     return "\n".join(lines) + "\n"
 
 
-def render_card(summary: dict, repo_id: str | None, scoring_prompt: str) -> str:
+def render_card(summary: RunSummary, repo_id: str | None, scoring_prompt: str) -> str:
     name = repo_id or "PATH/TO/THIS/FOLDER"
-    config_yaml = yaml.safe_dump(summary["config"], sort_keys=False)
+    config_yaml = yaml.safe_dump(summary.config, sort_keys=False)
     parts = [
         _front_matter(summary),
         "# Instruction backtranslation data\n",
         "Built with backtrans, following *Self Alignment with Instruction "
         "Backtranslation* (Li et al., 2023): "
-        + ("a backward model wrote an instruction for each web segment, and " if "augment" in summary["stages"] else "")
+        + ("a backward model wrote an instruction for each web segment, and " if "augment" in summary.stages else "")
         + "each pair was scored with the paper's 5-point self-curation prompt.\n",
-        SIMULATED_NOTICE + "\n" if summary["simulated"] else "",
-        f"Rows: **{summary['rows']}**\n",
+        SIMULATED_NOTICE + "\n" if summary.simulated else "",
+        f"Rows: **{summary.rows}**\n",
+        _column_table(summary) if summary.columns else "",
         "## Scores\n",
-        _score_table(summary["scores"]) + "\n",
-        f"![Score distribution]({PLOT_FILE})\n" if summary.get("plot") else "",
-        _subset_table(summary.get("curated"), name),
-        _filter_table(summary.get("segments")),
+        _score_table(summary.scores) + "\n",
+        f"![Score distribution]({PLOT_FILE})\n" if summary.plot else "",
+        _subset_table(summary.curated, name),
+        _filter_table(summary.segments),
         "## Stages\n",
         _stage_table(summary) + "\n",
         "## Load it\n",

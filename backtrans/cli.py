@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from backtrans.errors import root_failure
 
@@ -27,36 +28,38 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _report(result) -> None:
+    summary = result.summary
     if result.state == "skip":
         print(f"backtrans: {result.output_path} is already complete; nothing to do (output.mode=overwrite redoes it)")
         return
-    summary = result.summary
-    segments = summary.get("segments")
+    if result.state == "push":
+        print(f"backtrans: {result.output_path} was complete; pushed it to {summary.pushed.repo} (no model requests)")
+        return
+    segments = summary.segments
     if segments:
         removed = ", ".join(f"{rule}: {rows}" for rule, rows in segments["removed"].items())
         print(f"backtrans: segments {segments['rows_in']} in, {segments['kept']} kept; removed {removed}")
-    print(f"backtrans: wrote {summary['rows']} rows to {result.output_path}/data")
-    if summary["skipped_lines_this_run"]:
-        print(f"backtrans: skipped {summary['skipped_lines_this_run']} malformed JSONL lines (source.bad_lines: skip)")
-    if summary["scores"] is not None:
-        print("backtrans: scores " + ", ".join(f"{k}: {v}" for k, v in summary["scores"].items()))
-    curated = summary.get("curated")
-    if curated:
-        print("backtrans: curated " + ", ".join(f"{name}: {rows} rows" for name, rows in curated["subsets"].items()))
-        for name, moved in (curated.get("moves") or {}).items():
+    print(f"backtrans: wrote {summary.rows} rows to {result.output_path}/data")
+    if summary.skipped_lines_this_run:
+        print(f"backtrans: skipped {summary.skipped_lines_this_run} malformed JSONL lines (source.bad_lines: skip)")
+    if summary.scores is not None:
+        print("backtrans: scores " + ", ".join(f"{k}: {v}" for k, v in summary.scores.items()))
+    if summary.curated:
+        sizes = summary.curated.subsets.items()
+        print("backtrans: curated " + ", ".join(f"{name}: {rows} rows" for name, rows in sizes))
+        for name, moved in (summary.curated.moves or {}).items():
             print(f"backtrans: {name} against score_prev: {moved['entered']} entered, {moved['left']} left")
-    failures = {
-        f"{stage}.{kind}": n for stage, kinds in summary["failures_this_run"].items() for kind, n in kinds.items()
-    }
+    failures = {f"{stage}.{kind}": n for stage, kinds in summary.failures_this_run.items() for kind, n in kinds.items()}
     if failures:
         print("backtrans: row failures " + ", ".join(f"{k}: {v}" for k, v in failures.items()))
-    if summary["simulated"]:
+    if summary.simulated:
         print("backtrans: the model text is SIMULATED (backend: simulated), not output of a real model")
-    if result.hub_repo:
-        print(f"backtrans: pushed to {result.hub_repo}")
+    if summary.pushed:
+        print(f"backtrans: pushed to {summary.pushed.repo} (commit {summary.pushed.commit[:12]})")
 
 
-def run(config_path: str, overrides: list[str]) -> int:
+def run(config_path: str, overrides: list[str], started: float | None = None) -> int:
+    """`started`: when the process started, for the run summary's start-up phase."""
     from backtrans.config import ConfigError, load_config
 
     try:
@@ -74,7 +77,7 @@ def run(config_path: str, overrides: list[str]) -> int:
     # existing cluster this argument is ignored.
     ray.init(ignore_reinit_error=True, log_to_driver=True, include_dashboard=False)
     try:
-        result = run_job(config)
+        result = run_job(config, started)
     except Exception as error:  # the contract: any failure is one line on stderr and a non-zero exit
         print(f"backtrans: error: {root_failure(error)[1]}", file=sys.stderr)
         return EXIT_FAILED
@@ -83,8 +86,9 @@ def run(config_path: str, overrides: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.time()  # before Ray and the job's modules are imported: they are part of the start-up
     args = _parser().parse_args(argv)
-    return run(args.config, args.overrides)
+    return run(args.config, args.overrides, started)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -21,19 +20,27 @@ from backtrans.backends import backend_for
 from backtrans.card import render_card
 from backtrans.compaction import finish_compaction, write_compacted
 from backtrans.config import JobConfig, StageConfig
-from backtrans.curated import MESSAGES_COLUMN, SEED_TAG, WEB_TAG, add_messages, subset_moves, write_subsets
+from backtrans.curated import add_messages, subset_moves, with_origin, write_subsets
 from backtrans.errors import root_failure
-from backtrans.hub import push
+from backtrans.hub import check_access, push
 from backtrans.metrics import start_metrics
 from backtrans.output import PLOT_FILE, OutputFolder, write_rows
 from backtrans.plot import plot_scores
 from backtrans.prompts import BACKWARD, INSTRUCTION, SEGMENT, SELF_CURATION, load_template
 from backtrans.resources import IO_CPUS, configure_ray_data, map_blocks
-from backtrans.schema import ERROR
+from backtrans.schema import ERROR, MESSAGES, ORIGIN, ORIGIN_SEED, ORIGIN_WEB, SCORE, SCORE_PREV
 from backtrans.segment_pass import filter_counts, read_segments, write_segments
 from backtrans.sources import ResolvedFiles, read_source, require_columns, resolve_files
 from backtrans.stages import AugmentStage, GenerateStage, LLMStage, ScoreStage, StageSpec
-from backtrans.summary import build_summary, write_summary
+from backtrans.summary import (
+    CuratedSummary,
+    Phases,
+    RunSummary,
+    build_summary,
+    read_contents,
+    read_summary,
+    write_summary,
+)
 
 logger = logging.getLogger("backtrans")
 
@@ -53,26 +60,12 @@ class JobError(RuntimeError):
 @dataclass(frozen=True)
 class RunResult:
     output_path: str
-    state: str  # "skip" | "fresh" | "resume"
-    summary: dict | None
-    hub_repo: str | None
+    state: str  # "skip" (complete already) | "push" (complete already, pushed now) | "fresh" | "resume"
+    summary: RunSummary
 
 
 def _active_stages(config: JobConfig) -> dict[str, StageConfig]:
     return {name: getattr(config, name) for name in STAGES if getattr(config, name) is not None}
-
-
-def _check_before_spending(config: JobConfig) -> None:
-    """Everything that can be checked without reading the corpus or sending a request."""
-    for name, stage in _active_stages(config).items():
-        try:
-            backend_for(stage).check_config(stage)
-        except ValueError as error:
-            raise JobError(f"{name}.{error}") from None
-        if stage.template is not None and not os.path.isfile(stage.template):
-            raise JobError(f"{name}.template: file not found: {stage.template}")
-    if config.hub.repo_id and "://" in config.output.path:
-        raise JobError("hub.repo_id: pushing needs a local output.path")
 
 
 def _template_path(name: str, stage: StageConfig) -> str:
@@ -137,7 +130,7 @@ def _add_stage(dataset: ray.data.Dataset, spec: StageSpec) -> ray.data.Dataset:
 
 
 def _check_output_columns(config: JobConfig, source_columns: list[str]) -> None:
-    available = set(source_columns) | {ERROR, MESSAGES_COLUMN}
+    available = set(source_columns) | {ERROR, MESSAGES, ORIGIN}
     for name in _active_stages(config):
         available |= set(STAGES[name].outputs)
     for column in config.output.columns:
@@ -165,53 +158,107 @@ def _read_candidates(
     return read_segments(folder)
 
 
-def _with_messages(dataset: ray.data.Dataset, config: JobConfig) -> ray.data.Dataset:
-    if MESSAGES_COLUMN not in config.output.columns:
-        return dataset
-    tag = WEB_TAG if config.augment is not None else SEED_TAG
-    return map_blocks(dataset, add_messages, tag)
+def _kept_columns(config: JobConfig) -> list[str]:
+    """`output.columns`, plus `origin` before `messages` when `messages` is kept without it: the tag
+    must stay with the row, so that reading the output again (a re-score) keeps it."""
+    columns = list(config.output.columns)
+    if MESSAGES in columns and ORIGIN not in columns:
+        columns.insert(columns.index(MESSAGES), ORIGIN)
+    return columns
 
 
-def _curate(config: JobConfig, folder: OutputFolder) -> dict | None:
+def _as_pairs(dataset: ray.data.Dataset, config: JobConfig) -> ray.data.Dataset:
+    """Each row's `origin`, set where the pair is made (the augment stage writes web pairs; other
+    sources are seed pairs unless they say otherwise), and `messages` tagged by it."""
+    made_here = config.augment is not None
+    dataset = map_blocks(dataset, with_origin, ORIGIN_WEB if made_here else ORIGIN_SEED, made_here)
+    return map_blocks(dataset, add_messages) if MESSAGES in config.output.columns else dataset
+
+
+def _curate(config: JobConfig, folder: OutputFolder, rows: int) -> CuratedSummary | None:
     """Write the curated subsets (a4, a5, ...) and say what is in them."""
     subsets = config.curation.subsets
-    if not subsets or "score" not in config.output.columns:
+    if not rows or not subsets or SCORE not in config.output.columns:
         return None
     seed = config.curation.seed
-    curated = {
-        "thresholds": dict(subsets),
-        "subsets": write_subsets(folder, config.curation, config.output.min_rows_per_file),
-        "seed": seed.uri if seed else None,
-    }
-    if "score_prev" in config.output.columns:  # a re-scoring run: who entered and left each subset
-        curated["moves"] = subset_moves(folder, subsets)
-    return curated
+    return CuratedSummary(
+        thresholds=dict(subsets),
+        subsets=write_subsets(folder, config.curation, config.output.min_rows_per_file),
+        seed=seed.uri if seed else None,
+        # a re-scoring run: who entered and left each subset
+        moves=subset_moves(folder, subsets) if SCORE_PREV in config.output.columns else None,
+    )
 
 
-def _summary(config: JobConfig, folder: OutputFolder, metrics, started: float, state: str) -> dict:
-    summary = build_summary(config, folder, ray.get(metrics.snapshot.remote()), started, state, _simulated(config))
-    if config.segments is not None:
-        summary["segments"] = filter_counts(folder)
-    return summary
+def _timed(fn, *args) -> float:
+    started = time.time()
+    fn(*args)
+    return round(time.time() - started, 2)
 
 
-def _stop(error: Exception, config: JobConfig, folder: OutputFolder, metrics, started: float, state: str):
+def _summary(
+    config: JobConfig, folder: OutputFolder, metrics, state: str, started: float, phases: Phases, contents, **passes
+) -> RunSummary:
+    """The run's summary from what its passes returned (`passes`: curated, plot, stop)."""
+    snapshot = ray.get(metrics.snapshot.remote())
+    segments = filter_counts(folder) if config.segments is not None else None
+    return build_summary(
+        config,
+        contents,
+        snapshot,
+        state=state,
+        simulated=_simulated(config),
+        started=started,
+        phases=phases,
+        segments=segments,
+        **passes,
+    )
+
+
+def _stop(error: Exception, config: JobConfig, folder: OutputFolder, metrics, state: str, started: float, phases):
     """The run stopped early: leave a summary that says why (rows written so far stay checkpointed).
     A stage that stops the run records why in the metrics actor before it raises; any other error
     is read from the exception."""
     stop = ray.get(metrics.snapshot.remote()).stop
     kind, message = (stop.kind, stop.message) if stop else root_failure(error)
-    summary = _summary(config, folder, metrics, started, state)
-    summary.update(complete=False, stopped_by=kind, reason=message)
+    contents = read_contents(folder, SCORE in config.output.columns)
+    summary = _summary(config, folder, metrics, state, started, phases, contents, stop=(kind, message))
     write_summary(folder, summary)
     if stop is not None and stop.resumable:
-        raise JobError(f"{message}; {summary['rows']} rows are written, run the same command again to resume") from None
+        raise JobError(f"{message}; {summary.rows} rows are written, run the same command again to resume") from None
     raise JobError(message) from None
 
 
-def run_job(config: JobConfig) -> RunResult:
+def _publish(config: JobConfig, folder: OutputFolder, summary: RunSummary, repo_id: str | None) -> RunSummary:
+    """The output's last step: the card and the summary (the completion marker), then the push to
+    `repo_id` if set. A complete output that was not pushed there comes here again on a re-run."""
+    scoring_prompt = load_template(_template_path("score", config.score))
+    folder.write_text(folder.card, render_card(summary, repo_id, scoring_prompt))
+    write_summary(folder, summary)
+    if repo_id is None:
+        return summary
     started = time.time()
-    _check_before_spending(config)
+    pushed = push(folder, config.hub, repo_id)
+    seconds = round(time.time() - started, 2)
+    phases = summary.phases.model_copy(update={"push": seconds})
+    summary = summary.model_copy(
+        update={"pushed": pushed, "phases": phases, "seconds": round(summary.seconds + seconds, 2)}
+    )
+    write_summary(folder, summary)  # the local record; the repo's copy says it was not yet pushed
+    return summary
+
+
+def run_job(config: JobConfig, started: float | None = None) -> RunResult:
+    """`started`: when the process started (the CLI's entry), so the summary's start-up phase
+    includes the imports and Ray's start."""
+    started = time.time() if started is None else started
+    folder = OutputFolder.at(config.output.path)
+    repo_id = check_access(config.hub) if config.hub.repo_id else None  # before any request is spent
+    done = read_summary(folder) if config.output.mode == "resume" else None
+    if done is not None and done.complete:
+        if repo_id is None or (done.pushed is not None and done.pushed.repo == repo_id):
+            return RunResult(folder.root, "skip", done)
+        return RunResult(folder.root, "push", _publish(config, folder, done, repo_id))  # no LLM request
     configure_ray_data()
     with _simulators(config) as simulator_url:
         base_urls = {}
@@ -223,14 +270,12 @@ def run_job(config: JobConfig) -> RunResult:
         source_files = resolve_files(config.source)  # once: for the Hub, it is several requests
         source_columns = require_columns(config.source, source_files, _required_columns(config))
 
-        folder = OutputFolder(os.path.abspath(config.output.path))
         finish_compaction(folder)  # a run killed while it swapped in compacted shards
         state = folder.prepare(config.output.mode)
-        if state == "skip":
-            return RunResult(folder.root, state, None, None)
-
         metrics_name = f"backtrans-metrics-{uuid.uuid4().hex[:8]}"
         metrics = start_metrics(metrics_name)
+        reading = time.time()
+        phases = Phases(startup=round(reading - started, 2))
         dataset, columns = _read_candidates(config, folder, metrics_name, source_files, source_columns)
         _check_output_columns(config, columns)
         # Reads give blocks of up to 128 KiB (sources.SOURCE_BLOCK_BYTES); the stages want 64 rows (ROWS_PER_TASK).
@@ -238,25 +283,31 @@ def run_job(config: JobConfig) -> RunResult:
         for name, stage in _active_stages(config).items():
             dataset = _add_stage(dataset, _stage_spec(name, stage, base_urls[name], metrics_name))
         try:
-            write_rows(_with_messages(dataset, config), folder, config.output)
+            write_rows(_as_pairs(dataset, config), folder, config.output, _kept_columns(config))
         except Exception as error:
-            _stop(error, config, folder, metrics, started, state)
+            stages = round(time.time() - reading, 2)
+            _stop(error, config, folder, metrics, state, started, phases.model_copy(update={"stages": stages}))
+    written = time.time()
 
     # Each of these is a Ray Data execution with seconds of fixed cost: run them side by side. The
     # summary and subsets read the committed shards, so the compacted ones are swapped in after them.
     with ThreadPoolExecutor(max_workers=1) as compaction:
-        compacted = compaction.submit(write_compacted, folder, config.output.min_rows_per_file)
-        summary = _summary(config, folder, metrics, started, state)
-        if summary["rows"]:
-            summary["curated"] = _curate(config, folder)
-        compacted.result()
-    finish_compaction(folder)
-    if summary["scores"] is not None:
-        plot_scores(summary["scores"], folder.plot, summary["simulated"])
-        summary["plot"] = PLOT_FILE
-    scoring_prompt = load_template(_template_path("score", config.score))
-    with open(folder.card, "w", encoding="utf-8") as f:
-        f.write(render_card(summary, config.hub.repo_id, scoring_prompt))
-    write_summary(folder, summary)
-    hub_repo = push(folder, config.hub) if config.hub.repo_id else None
-    return RunResult(folder.root, state, summary, hub_repo)
+        compacted = compaction.submit(_timed, write_compacted, folder, config.output.min_rows_per_file)
+        contents = read_contents(folder, SCORE in config.output.columns)
+        curated = _curate(config, folder, contents.rows)
+        curate_seconds = time.time() - written
+        compaction_seconds = compacted.result()
+    compaction_seconds += _timed(finish_compaction, folder)
+    plotting = time.time()
+    if contents.scores is not None:
+        folder.write_bytes(folder.plot, plot_scores(contents.scores, _simulated(config)))
+    phases = phases.model_copy(
+        update={
+            "stages": round(written - reading, 2),
+            "write_curate": round(curate_seconds + time.time() - plotting, 2),
+            "compaction": compaction_seconds,
+        }
+    )
+    plot = PLOT_FILE if contents.scores is not None else None
+    summary = _summary(config, folder, metrics, state, started, phases, contents, curated=curated, plot=plot)
+    return RunResult(folder.root, state, _publish(config, folder, summary, repo_id))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 
-def plot_scores(histogram: dict[str, int], path: str, simulated: bool) -> None:
+
+def plot_scores(histogram: dict[str, int], simulated: bool) -> bytes:
+    """The histogram as PNG bytes, for the output folder to store wherever it lives."""
     # Imported here: matplotlib costs 0.4 s of CPU, which the driver would otherwise spend while the
     # job starts. A bare Figure renders to a file without pyplot or a display backend.
     from matplotlib.figure import Figure
@@ -17,4 +20,6 @@ def plot_scores(histogram: dict[str, int], path: str, simulated: bool) -> None:
     axes.set_ylabel("pairs")
     axes.set_title("Score distribution" + (" (SIMULATED scores)" if simulated else ""))
     figure.tight_layout()
-    figure.savefig(path)
+    png = io.BytesIO()
+    figure.savefig(png, format="png")
+    return png.getvalue()

@@ -1,73 +1,205 @@
-"""The run summary: what is in the output (rows, score histogram) and what this run spent.
+"""The run summary: what is in the output (rows, score histogram, columns) and what this run spent.
 
 Rows and scores are counted from the written Parquet (footers, and the `score` column streamed on
 the driver), so they describe the whole output even when it was finished over several resumed runs;
 requests, tokens and failures come from the stage actors' counters for this run. Nothing here holds
 a key: the config keeps only variable names.
+
+`run_summary.json` is the output's completion marker: written last, read first (`read_summary`).
 """
 
 from __future__ import annotations
 
-import json
 import platform
 import time
+from dataclasses import dataclass
+from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import ray
+from pydantic import BaseModel, ValidationError
 
 from backtrans.config import JobConfig
 from backtrans.metrics import RunSnapshot
-from backtrans.output import OutputFolder, count_rows, parquet_files, scan_columns
+from backtrans.output import OutputFolder
+from backtrans.schema import SCORE
+
+
+class StageSummary(BaseModel):
+    model: str
+    backend: str
+    requests: int
+    retries: int = 0  # added after the first summaries were written
+    rows: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class CuratedSummary(BaseModel):
+    thresholds: dict[str, int]  # subset -> minimum score
+    subsets: dict[str, int]  # subset -> rows
+    seed: str | None  # the uri of `curation.seed`
+    moves: dict[str, dict[str, int]] | None = None  # re-scoring: subset -> {entered, left}
+
+
+class Phases(BaseModel):
+    """Seconds of each part of the run. Compaction runs beside write/curate, so the phases can add
+    up to more than the total; a phase the run did not reach is null."""
+
+    startup: float | None = None  # process start -> Ray up, pre-flight done, the source resolved
+    stages: float | None = None  # the streaming read -> stages -> write (web jobs: and the segment pass)
+    write_curate: float | None = None  # counts, curated subsets, plot, card and summary
+    compaction: float | None = None
+    push: float | None = None
+
+
+class Column(BaseModel):
+    name: str
+    type: str  # as Arrow prints it
+    feature: dict[str, Any]  # as a Hub card's `dataset_info: features:` entry spells it (without `name`)
+
+
+class Pushed(BaseModel):
+    repo: str
+    commit: str
+
+
+class RunSummary(BaseModel):
+    complete: bool
+    rows: int
+    scores: dict[str, int] | None  # "1".."5" and "null" -> rows; None when `score` is not kept
+    failures_this_run: dict[str, dict[str, int]]  # stage -> failure type -> rows
+    skipped_lines_this_run: int  # JSONL lines under bad_lines: skip
+    stages: dict[str, StageSummary]
+    simulated: bool
+    resumed: bool
+    seconds: float  # the whole run: process start to the summary (after the push, when there is one)
+    phases: Phases = Phases()
+    finished_at: str
+    ray: str
+    python: str
+    config: dict[str, Any]
+    columns: list[Column] = []  # of data/, as written
+    segments: dict[str, Any] | None = None  # web jobs: the segment filter's counts
+    curated: CuratedSummary | None = None
+    plot: str | None = None  # the score plot's file name
+    pushed: Pushed | None = None  # the Hub repo and commit this output was pushed to
+    stopped_by: str | None = None  # an unfinished run: the failure's type ...
+    reason: str | None = None  # ... and its one-line message
+
+    def __getitem__(self, key: str) -> Any:
+        """One key as `run_summary.json` holds it, for code that reads the JSON's keys."""
+        return self.model_dump(mode="json")[key]
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2) + "\n"
+
+
+@dataclass(frozen=True)
+class Contents:
+    """What `data/` holds: the pass over the written shards that the summary reports."""
+
+    rows: int
+    scores: dict[str, int] | None
+    columns: list[Column]
+
+
+def _feature(arrow_type: pa.DataType) -> dict[str, Any]:
+    """An Arrow type as the Hub's card metadata writes it (what `datasets.Features` reads)."""
+    if pa.types.is_struct(arrow_type):
+        return {"struct": [{"name": field.name, **_feature(field.type)} for field in arrow_type]}
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        kind = "list" if pa.types.is_list(arrow_type) else "large_list"
+        inner = _feature(arrow_type.value_type)
+        return {kind: inner.get("dtype") or inner.get("struct") or inner}
+    names = {"double": "float64", "float": "float32", "halffloat": "float16"}
+    return {"dtype": names.get(str(arrow_type), str(arrow_type))}
+
+
+def columns_of(schema: pa.Schema) -> list[Column]:
+    return [Column(name=field.name, type=str(field.type), feature=_feature(field.type)) for field in schema]
 
 
 def score_histogram(folder: OutputFolder) -> dict[str, int]:
     histogram = {str(score): 0 for score in range(1, 6)} | {"null": 0}
-    for batch in scan_columns(folder.data, ["score"]):
-        counts = pc.value_counts(batch.column("score"))
+    for batch in folder.scan_columns(folder.data, [SCORE]):
+        counts = pc.value_counts(batch.column(SCORE))
         for score, rows in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True):
             histogram["null" if score is None else str(score)] += rows
     return histogram
 
 
-def build_summary(
-    config: JobConfig, folder: OutputFolder, snapshot: RunSnapshot, started: float, state: str, simulated: bool
-) -> dict:
-    if not parquet_files(folder.data):
-        scores, rows = None, 0
-    elif "score" in config.output.columns:
+def read_contents(folder: OutputFolder, scored: bool) -> Contents:
+    """Rows, the score histogram (when `scored`: the output keeps `score`) and columns of `data/`."""
+    if not folder.parquet_files(folder.data):
+        return Contents(0, None, [])
+    columns = columns_of(folder.schema(folder.data))
+    if scored:
         scores = score_histogram(folder)
-        rows = sum(scores.values())
-    else:
-        scores, rows = None, count_rows(folder.data)
-    failures = {stage: dict(counts.failures) for stage, counts in snapshot.stages.items()}
-    return {
-        "complete": True,
-        "rows": rows,
-        "scores": scores,
-        "failures_this_run": failures,
-        "skipped_lines_this_run": snapshot.skipped_lines,  # JSONL lines under bad_lines: skip
-        "stages": {
-            name: {
-                "model": getattr(config, name).model,
-                "backend": getattr(config, name).backend,
-                "requests": counts.requests,
-                "rows": counts.rows,
-                "prompt_tokens": counts.prompt_tokens,
-                "completion_tokens": counts.completion_tokens,
-            }
+        return Contents(sum(scores.values()), scores, columns)
+    return Contents(folder.count_rows(folder.data), None, columns)
+
+
+def build_summary(
+    config: JobConfig,
+    contents: Contents,
+    snapshot: RunSnapshot,
+    *,
+    state: str,
+    simulated: bool,
+    started: float,
+    phases: Phases,
+    segments: dict | None,
+    curated: CuratedSummary | None = None,
+    plot: str | None = None,
+    stop: tuple[str, str] | None = None,
+) -> RunSummary:
+    """The summary of one run, from what each of its passes returned. `stop`: (failure type, message)
+    of a run that ended early."""
+    return RunSummary(
+        complete=stop is None,
+        rows=contents.rows,
+        scores=contents.scores,
+        failures_this_run={stage: dict(counts.failures) for stage, counts in snapshot.stages.items()},
+        skipped_lines_this_run=snapshot.skipped_lines,
+        stages={
+            name: StageSummary(
+                model=getattr(config, name).model,
+                backend=getattr(config, name).backend,
+                requests=counts.requests,
+                retries=counts.retries,
+                rows=counts.rows,
+                prompt_tokens=counts.prompt_tokens,
+                completion_tokens=counts.completion_tokens,
+            )
             for name, counts in snapshot.stages.items()
         },
-        "simulated": simulated,
-        "resumed": state == "resume",
-        "seconds": round(time.time() - started, 2),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "ray": ray.__version__,
-        "python": platform.python_version(),
-        "config": config.model_dump(mode="json"),
-    }
+        simulated=simulated,
+        resumed=state == "resume",
+        seconds=round(time.time() - started, 2),
+        phases=phases,
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        ray=ray.__version__,
+        python=platform.python_version(),
+        config=config.model_dump(mode="json"),
+        columns=contents.columns,
+        segments=segments,
+        curated=curated,
+        plot=plot,
+        stopped_by=stop and stop[0],
+        reason=stop and stop[1],
+    )
 
 
-def write_summary(folder: OutputFolder, summary: dict) -> None:
-    with open(folder.summary, "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
-        f.write("\n")
+def write_summary(folder: OutputFolder, summary: RunSummary) -> None:
+    folder.write_text(folder.summary, summary.to_json())
+
+
+def read_summary(folder: OutputFolder) -> RunSummary | None:
+    """The output's summary, or None when there is none or it is not one this version reads (then
+    the output counts as unfinished, and a resumed run rewrites it)."""
+    try:
+        return RunSummary.model_validate_json(folder.read_text(folder.summary))
+    except (FileNotFoundError, ValidationError):
+        return None

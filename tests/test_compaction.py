@@ -6,7 +6,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from backtrans.compaction import MARKER, finish_compaction, write_compacted
+from backtrans.compaction import finish_compaction, write_compacted
 from backtrans.output import OutputFolder
 
 
@@ -26,7 +26,7 @@ def _write_shards(directory, sizes: list[int], start: int = 0) -> list[str]:
 
 
 def test_compaction_rewrites_small_shards_into_min_rows_per_file(tmp_path, local_ray):
-    folder = OutputFolder(str(tmp_path))
+    folder = OutputFolder.at(str(tmp_path))
     committed = _write_shards(tmp_path / "data", [30] * 10)
     write_compacted(folder, min_rows_per_file=100)
     assert _shards(folder) == committed  # nothing is swapped in until finish_compaction
@@ -45,10 +45,10 @@ def test_compaction_rewrites_small_shards_into_min_rows_per_file(tmp_path, local
 
 
 def test_a_swap_cut_short_is_finished_and_a_write_cut_short_is_dropped(tmp_path):
-    folder = OutputFolder(str(tmp_path))
+    folder = OutputFolder.at(str(tmp_path))
     old = _write_shards(tmp_path / "data", [5, 5, 5])
     new = _write_shards(tmp_path / ".compact", [15], start=0)
-    (tmp_path / ".compact" / MARKER).write_text(json.dumps(old))
+    Path(folder.compact_marker).write_text(json.dumps(old))
     (tmp_path / "data" / old[0]).unlink()  # the killed swap had removed one old shard
     finish_compaction(folder)
     assert _shards(folder) == new and not (tmp_path / ".compact").exists()

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from backtrans.testing.fake_hub import FakeHub
+from backtrans.testing.fake_hub import Account, FakeHub
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_fake_token"
@@ -344,6 +344,39 @@ def test_seeding_without_http(hub):
         hub.files("datasets", "fake-user/never-created")
     with pytest.raises(KeyError):
         hub.files("datasets", "fake-user/seeded", revision="no-such-branch")
+
+
+def test_accounts_refused_tokens_write_rights_and_injected_failures(hub):
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    hub.set_token("hf_bob", Account(name="bob", orgs={"lab": "admin", "club": "read"}))
+    hub.set_token("hf_revoked", None)
+    bob = HfApi(endpoint=hub.url, token="hf_bob")
+    assert bob.whoami()["name"] == "bob"
+    assert [(org["name"], org["roleInOrg"]) for org in bob.whoami()["orgs"]] == [("lab", "admin"), ("club", "read")]
+    assert str(bob.create_repo("lab/data", repo_type="dataset")) == f"{hub.url}/datasets/lab/data"
+    bob.auth_check("lab/data", repo_type="dataset", write=True)
+    hub.create_repo("datasets", "club/data")
+    for forbidden in (
+        lambda: bob.create_repo("club/new", repo_type="dataset"),
+        lambda: bob.upload_file(path_or_fileobj=b"x", path_in_repo="x", repo_id="club/data", repo_type="dataset"),
+        lambda: bob.auth_check("club/data", repo_type="dataset", write=True),
+    ):
+        with pytest.raises(HfHubHTTPError) as refused:
+            forbidden()
+        assert refused.value.response.status_code == 403
+    with pytest.raises(HfHubHTTPError) as revoked:
+        HfApi(endpoint=hub.url, token="hf_revoked").list_repo_files("lab/data", repo_type="dataset")
+    assert revoked.value.response.status_code == 401
+
+    hub.fail_next("POST", r"/api/datasets/lab/data/commit/main", status=503)
+    upload = {"path_or_fileobj": b"x", "path_in_repo": "x", "repo_id": "lab/data", "repo_type": "dataset"}
+    with pytest.raises(HfHubHTTPError) as failed:
+        bob.upload_file(**upload)
+    assert failed.value.response.status_code == 503
+    bob.upload_file(**upload)  # once only
+    assert hub.files("datasets", "lab/data")["x"] == b"x"
 
 
 def test_command_line_prints_url_and_serves(tmp_path):

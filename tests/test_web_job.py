@@ -33,7 +33,7 @@ def _requests_by_kind(sim: Simulator) -> dict[str, int]:
 
 
 def test_web_demo_filters_augments_scores_and_publishes_subsets(tmp_path, fake_hub):
-    repo = "tester/web-backtranslated"
+    repo = "fake-user/web-backtranslated"
     with Simulator(SimulatorConfig(latency_ms=2)) as sim:
         config = load_config(
             WEB_DEMO,
@@ -113,6 +113,9 @@ def test_rescoring_keeps_ids_and_reports_moves_between_subsets(tmp_path):
         assert row["score_prev"] == before[row_id]["score"]
         assert row["scoring_model"] == "simulated-judge-2"
         assert row["instruction"] == before[row_id]["instruction"]
+    # The tag travels with the row: the re-scored web pairs keep the web tag, though no augment stage ran.
+    assert len(after) == 156
+    assert {(row["origin"], row["messages"][0]["content"]) for row in after.values()} == {("web", WEB_TAG)}
     entered = sum(row["score"] == 5 and row["score_prev"] != 5 for row in after.values())
     left = sum(row["score_prev"] == 5 and row["score"] != 5 for row in after.values())
     assert entered and left  # the reworded prompt moves pairs both ways

@@ -55,7 +55,15 @@ Behaviour worth knowing
 * Writes (create/delete repo, preupload, commit, branches) need an ``Authorization``
   header, and private repos answer 401 to reads without one, as on the real Hub. With
   ``required_token`` set, every request needs ``Authorization: Bearer <token>``.
-  The token value is never stored or logged; only its presence is recorded.
+  The token value is never stored or logged (only its hash, for ``set_token``); only its
+  presence is recorded.
+* Accounts: a token speaks for ``fake-user`` with write access unless ``set_token`` says
+  otherwise: another ``Account`` (a user, its orgs and roles, a read-only token), or a token
+  the Hub refuses (401 on every request, like a revoked one). ``whoami`` reports the account,
+  and writes answer 403 outside the namespaces it may write (its own, and orgs where its role
+  is contributor, write or admin), as ``auth-check/write`` does.
+* ``fail_next(method, path_pattern, status)`` answers the next matching request with that
+  status, once: for testing a client's recovery from a failed upload.
 * Every commit keeps its full tree (blobs are content-addressed on disk under
   ``root_dir``): ``datasets`` pins data files to the commit sha it resolved
   (``hf://datasets/REPO@SHA/...``), and those reads keep working after later commits.
@@ -102,6 +110,7 @@ from aiohttp import web
 logger = logging.getLogger(__name__)
 
 USERNAME = "fake-user"
+WRITING_ROLES = frozenset({"contributor", "write", "admin"})  # org roles that may create and write repos
 # Same shape as what the Hub puts in a brand-new repo (content does not matter here).
 _GITATTRIBUTES = b"*.parquet filter=lfs diff=lfs merge=lfs -text\n*.arrow filter=lfs diff=lfs merge=lfs -text\n"
 # Repo types as the URLs spell them (plural) and as the API bodies do (singular).
@@ -118,6 +127,18 @@ class RecordedRequest:
     query: str
     has_auth: bool  # an Authorization header was present
     status: int
+
+
+@dataclass(frozen=True)
+class Account:
+    """Who a token speaks for: a user, its role in each org, and the token's own role."""
+
+    name: str = USERNAME
+    orgs: Mapping[str, str] = field(default_factory=dict)  # org -> "read" | "contributor" | "write" | "admin"
+    role: str = "write"  # the token's: "read" or "write"
+
+    def may_write(self, namespace: str) -> bool:
+        return self.role == "write" and (namespace == self.name or self.orgs.get(namespace) in WRITING_ROLES)
 
 
 @dataclass
@@ -203,6 +224,10 @@ def _anonymous(request: web.Request) -> _HubError:
     return _HubError(401, "Invalid username or password.", code)
 
 
+def _token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 def _truthy(value: str | None) -> bool:
     return (value or "").lower() in ("1", "true", "yes")
 
@@ -230,6 +255,8 @@ class FakeHub:
         self._lock = threading.Lock()  # guards repos/requests: mutated on the server thread, read by tests
         self._repos: dict[tuple[str, str], _Repo] = {}
         self._requests: list[RecordedRequest] = []
+        self._accounts: dict[str, Account | None] = {}  # sha256 of a token -> its account, None: refused
+        self._failures: list[tuple[str, str, int]] = []  # (method, path pattern, status), each used once
         self._counter = 0
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -237,6 +264,7 @@ class FakeHub:
         self.url = ""
         self._routes = [
             ("GET", r"/api/whoami-v2", self._whoami),
+            ("GET", rf"/api/{_REPO}/auth-check(?P<write>/write)?", self._auth_check),
             ("POST", r"/api/validate-yaml", self._validate_yaml),
             ("POST", r"/api/repos/create", self._create_repo_route),
             ("DELETE", r"/api/repos/delete", self._delete_repo_route),
@@ -329,6 +357,16 @@ class FakeHub:
     def clear_requests(self) -> None:
         with self._lock:
             self._requests.clear()
+
+    def set_token(self, token: str, account: Account | None) -> None:
+        """What ``token`` stands for from now on: ``account``, or None for a token the Hub refuses."""
+        with self._lock:
+            self._accounts[_token_digest(token)] = account
+
+    def fail_next(self, method: str, path_pattern: str, status: int = 500) -> None:
+        """Answer the next ``method`` request whose path fully matches ``path_pattern`` with ``status``."""
+        with self._lock:
+            self._failures.append((method, path_pattern, status))
 
     # repo_type: "dataset(s)", "model(s)" or "space(s)". Missing repos/revisions raise KeyError.
 
@@ -438,6 +476,7 @@ class FakeHub:
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         try:
             self._check_token(request)
+            self._check_failures(request)
             raw_path = request.rel_url.raw_path  # still percent-encoded: '%2F' in revisions/paths survives
             for methods, pattern, handler in self._routes:
                 match = re.fullmatch(pattern, raw_path)
@@ -453,20 +492,43 @@ class FakeHub:
             return web.json_response({"error": "FakeHub internal error"}, status=500)
 
     def _check_token(self, request: web.Request) -> None:
-        if self._required_token is None:
-            return
         auth = request.headers.get("Authorization")
+        with self._lock:
+            refused = auth is not None and self._accounts.get(_token_digest(auth.removeprefix("Bearer ")), "") is None
+        if self._required_token is None and not refused:
+            return
         if auth is None:
             raise _anonymous(request)
-        if auth != f"Bearer {self._required_token}":
+        if refused or auth != f"Bearer {self._required_token}":
             # The client maps exactly this message to "invalid token", not "no repo".
             raise _HubError(401, "Invalid credentials in Authorization header")
 
-    @staticmethod
-    def _require_auth(request: web.Request) -> None:
+    def _check_failures(self, request: web.Request) -> None:
+        with self._lock:
+            for failure in self._failures:
+                method, pattern, status = failure
+                if request.method == method and re.fullmatch(pattern, request.path):
+                    self._failures.remove(failure)
+                    raise _HubError(status, f"FakeHub: injected failure ({status})")
+
+    def _account(self, request: web.Request) -> Account | None:
+        """The account the request's token speaks for (None without one; refused tokens never get here)."""
+        auth = request.headers.get("Authorization")
+        if auth is None:
+            return None
+        with self._lock:
+            return self._accounts.get(_token_digest(auth.removeprefix("Bearer ")), Account())
+
+    def _require_auth(self, request: web.Request) -> Account:
         # The real Hub refuses anonymous writes: catches jobs that forgot HF_TOKEN.
-        if "Authorization" not in request.headers:
+        account = self._account(request)
+        if account is None:
             raise _anonymous(request)
+        return account
+
+    def _require_write(self, request: web.Request, namespace: str, message: str | None = None) -> None:
+        if not self._require_auth(request).may_write(namespace):
+            raise _HubError(403, message or f"You don't have write access to repos under {namespace}")
 
     def _repo(self, request: web.Request, type: str, repo: str) -> _Repo:
         found = self._get_repo(_TYPES[type], repo)
@@ -501,22 +563,30 @@ class FakeHub:
     # ------------------------------------------------------------------ handlers
 
     async def _whoami(self, request: web.Request) -> web.Response:
-        if "Authorization" not in request.headers:
+        account = self._account(request)
+        if account is None:
             raise _HubError(401, "Invalid credentials in Authorization header")
         return web.json_response(
             {
                 "type": "user",
                 "id": "000000000000000000000001",
-                "name": USERNAME,
+                "name": account.name,
                 "fullname": "Fake User",
-                "email": "fake-user@example.invalid",
+                "email": f"{account.name}@example.invalid",
                 "emailVerified": True,
                 "isPro": False,
                 "canPay": False,
-                "orgs": [],
-                "auth": {"type": "access_token", "accessToken": {"displayName": "fake", "role": "write"}},
+                "orgs": [{"type": "org", "name": org, "roleInOrg": role} for org, role in account.orgs.items()],
+                "auth": {"type": "access_token", "accessToken": {"displayName": "fake", "role": account.role}},
             }
         )
+
+    async def _auth_check(self, request: web.Request, type: str, repo: str, write: str = "") -> web.Response:
+        with self._lock:
+            self._repo(request, type, repo)  # 404 for a missing repo, 401 for a private one without a token
+        if write:
+            self._require_write(request, repo.split("/")[0])
+        return web.json_response({})
 
     async def _validate_yaml(self, request: web.Request) -> web.Response:
         # create_commit validates README.md front matter here before uploading anything.
@@ -530,21 +600,29 @@ class FakeHub:
         return web.json_response({"errors": [], "warnings": []})
 
     async def _create_repo_route(self, request: web.Request) -> web.Response:
-        self._require_auth(request)
+        account = self._require_auth(request)
         body = await request.json()
-        repo_id = f"{body.get('organization') or USERNAME}/{body['name']}"
+        namespace = body.get("organization") or account.name
+        repo_id = f"{namespace}/{body['name']}"
         repo_type = body.get("type") or "model"
         if repo_type not in _URL_PREFIX:
             raise _HubError(400, f"Invalid repo type: {repo_type}")
         private = body.get("visibility") == "private" or body.get("private") is True
         with self._lock:
+            exists = (repo_type, repo_id) in self._repos
+        if not exists:  # the Hub answers an existing repo with 409 (create_repo(exist_ok=True) reads it) first
+            message = f"You don't have the rights to create a {repo_type} under {namespace}"
+            self._require_write(request, namespace, message)
+        with self._lock:
             repo = self._new_repo(repo_type, repo_id, private)
         return web.json_response({"url": self._repo_url(repo), "name": repo_id, "id": repo_id})
 
     async def _delete_repo_route(self, request: web.Request) -> web.Response:
-        self._require_auth(request)
+        account = self._require_auth(request)
         body = await request.json()
-        key = (body.get("type") or "model", f"{body.get('organization') or USERNAME}/{body['name']}")
+        namespace = body.get("organization") or account.name
+        self._require_write(request, namespace)
+        key = (body.get("type") or "model", f"{namespace}/{body['name']}")
         with self._lock:
             if self._repos.pop(key, None) is None:
                 raise _HubError(404, "Repository not found", "RepoNotFound")
@@ -616,7 +694,7 @@ class FakeHub:
         return web.json_response([e for e in entries if e is not None])  # missing paths are skipped
 
     async def _preupload(self, request: web.Request, type: str, repo: str, rev: str) -> web.Response:
-        self._require_auth(request)
+        self._require_write(request, repo.split("/")[0])
         body = await request.json()
         with self._lock:
             commit = self._repo(request, type, repo).resolve(rev)
@@ -629,7 +707,7 @@ class FakeHub:
         return web.json_response({"files": files, "commitOid": commit.oid})
 
     async def _commit(self, request: web.Request, type: str, repo: str, rev: str) -> web.Response:
-        self._require_auth(request)
+        self._require_write(request, repo.split("/")[0])
         if _truthy(request.query.get("create_pr")):
             raise _HubError(400, "FakeHub does not support pull requests")
         lines = [json.loads(line) for line in (await request.read()).splitlines() if line.strip()]
@@ -704,7 +782,7 @@ class FakeHub:
         return web.json_response({"branches": branches, "converts": [], "tags": [], "pullRequests": []})
 
     async def _branch(self, request: web.Request, type: str, repo: str, rev: str) -> web.Response:
-        self._require_auth(request)
+        self._require_write(request, repo.split("/")[0])
         body = await request.json() if request.can_read_body else {}
         with self._lock:
             found = self._repo(request, type, repo)

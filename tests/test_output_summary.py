@@ -1,0 +1,133 @@
+"""The output folder's file operations, the run summary's JSON, the card's column list, and the
+Hub access check the job makes before it spends anything (against the loopback fake Hub)."""
+
+import json
+
+import pyarrow as pa
+import pytest
+from datasets import Features
+
+from backtrans.card import render_card
+from backtrans.config import HubConfig, JobConfig
+from backtrans.hub import HubError, check_access
+from backtrans.metrics import RunSnapshot, StageCounts
+from backtrans.output import OutputFolder
+from backtrans.schema import OUTPUT_TYPES
+from backtrans.summary import Contents, Phases, Pushed, RunSummary, build_summary, columns_of, read_summary
+from backtrans.testing.fake_hub import Account
+
+
+def test_the_folder_reads_and_writes_through_its_filesystem(tmp_path):
+    folder = OutputFolder.at(str(tmp_path / "out"))
+    assert folder.root == str(tmp_path / "out") and folder.data == f"{tmp_path}/out/data"
+    folder.write_text(folder.path("data", "b.parquet"), "b")
+    folder.write_bytes(folder.path("data", "a.parquet"), b"a")
+    folder.write_text(folder.path("data", "notes.txt"), "n")
+    assert folder.parquet_files(folder.data) == [f"{folder.data}/a.parquet", f"{folder.data}/b.parquet"]
+    assert folder.parquet_files(folder.path("missing")) == []
+    folder.move(f"{folder.data}/b.parquet", folder.path("curated", "a5", "b.parquet"))
+    assert folder.folders(folder.curated_root) == [folder.curated("a5")]
+    assert folder.read_text(folder.curated("a5") + "/b.parquet") == "b"
+    assert folder.relative(folder.curated("a5")) == "curated/a5"
+    folder.delete_file(f"{folder.data}/gone.parquet")  # missing: no error
+    folder.delete_dir(folder.curated_root)
+    assert not folder.exists(folder.curated_root) and folder.exists(folder.data)
+    with pytest.raises(FileNotFoundError):
+        folder.read_text(folder.summary)
+
+
+def _summary(**fields) -> RunSummary:
+    config = JobConfig.model_validate({"source": {"uri": "in.jsonl"}, "score": {"backend": "simulated", "model": "j"}})
+    snapshot = RunSnapshot(stages={"score": StageCounts(rows=3, requests=4, retries=1, prompt_tokens=30)})
+    schema = pa.schema([("instruction", pa.string()), ("score", pa.int64())])
+    contents = Contents(rows=3, scores={"1": 0, "2": 0, "3": 1, "4": 2, "5": 0, "null": 0}, columns=columns_of(schema))
+    return build_summary(
+        config, contents, snapshot, state="fresh", simulated=True, started=0.0, phases=Phases(startup=1.5), **fields
+    )
+
+
+def test_the_summary_keeps_its_keys_and_reads_back(tmp_path):
+    folder = OutputFolder.at(str(tmp_path))
+    summary = _summary(segments=None)
+    folder.write_text(folder.summary, summary.to_json())
+    on_disk = json.loads((tmp_path / "run_summary.json").read_text())
+    assert list(on_disk) == [
+        "complete", "rows", "scores", "failures_this_run", "skipped_lines_this_run", "stages", "simulated",
+        "resumed", "seconds", "phases", "finished_at", "ray", "python", "config", "columns", "segments",
+        "curated", "plot", "pushed", "stopped_by", "reason",
+    ]  # fmt: skip
+    assert on_disk["stages"] == {
+        "score": {
+            "model": "j",
+            "backend": "simulated",
+            "requests": 4,
+            "retries": 1,
+            "rows": 3,
+            "prompt_tokens": 30,
+            "completion_tokens": 0,
+        }
+    }
+    assert on_disk["phases"] == {"startup": 1.5, "stages": None, "write_curate": None, "compaction": None, "push": None}
+    assert on_disk["columns"] == [
+        {"name": "instruction", "type": "string", "feature": {"dtype": "string"}},
+        {"name": "score", "type": "int64", "feature": {"dtype": "int64"}},
+    ]
+    assert on_disk["complete"] is True and on_disk["pushed"] is None
+    assert summary["rows"] == 3 and summary["stages"]["score"]["retries"] == 1  # the JSON view of a key
+    assert read_summary(folder) == summary
+    folder.write_text(folder.summary, '{"complete": true}')  # not a summary this version reads
+    assert read_summary(folder) is None
+
+
+def test_the_card_lists_columns_and_types_as_hub_features():
+    schema = pa.schema(list(OUTPUT_TYPES.items()))
+    columns = columns_of(schema)
+    features = [{"name": column.name, **column.feature} for column in columns]
+    assert features == Features.from_arrow_schema(schema)._to_yaml_list()  # what `datasets` reads from a card
+    role, content = {"name": "role", "dtype": "string"}, {"name": "content", "dtype": "string"}
+    assert columns[-1].feature == {"list": [role, content]}
+    summary = _summary(segments=None).model_copy(update={"pushed": Pushed(repo="me/x", commit="abc")})
+    card = render_card(summary, "me/x", "PROMPT")
+    assert "dataset_info:\n- config_name: all\n  features:\n  - name: instruction\n    dtype: string\n" in card
+    assert "| `instruction` | `string` |\n| `score` | `int64` |" in card
+
+
+@pytest.fixture
+def token(fake_hub, monkeypatch):
+    """Sets the token in BACKTRANS_TEST_TOKEN to stand for `account` on the fake Hub."""
+
+    def use(value: str, account: Account | None) -> HubConfig:
+        fake_hub.set_token(value, account)
+        monkeypatch.setenv("BACKTRANS_TEST_TOKEN", value)
+        return HubConfig(repo_id="fake-user/new-data", token_env="BACKTRANS_TEST_TOKEN")
+
+    return use
+
+
+def test_a_refused_or_read_only_token_is_named(token):
+    with pytest.raises(HubError) as refused:
+        check_access(token("hf_revoked", None))
+    assert str(refused.value) == (
+        "hub.token_env: the Hub refused the token in BACKTRANS_TEST_TOKEN (Invalid user token.)"
+    )
+    with pytest.raises(HubError) as read_only:
+        check_access(token("hf_read", Account(role="read")))
+    assert str(read_only.value) == (
+        "hub.token_env: the token in BACKTRANS_TEST_TOKEN is read-only; pushing needs write access"
+    )
+
+
+def test_write_access_is_checked_on_the_repo_or_its_namespace(token, fake_hub):
+    member = Account(name="alice", orgs={"lab": "write", "club": "read"})
+    hub = token("hf_alice", member)
+    assert check_access(hub.model_copy(update={"repo_id": "lab/new"})) == "lab/new"
+    assert check_access(hub.model_copy(update={"repo_id": "mine"})) == "alice/mine"
+    with pytest.raises(HubError) as club:
+        check_access(hub.model_copy(update={"repo_id": "club/new"}))
+    assert str(club.value) == (
+        "hub.repo_id: club/new does not exist and alice (token in BACKTRANS_TEST_TOKEN) may not create repos under club"
+    )
+    fake_hub.create_repo("datasets", "club/existing")
+    with pytest.raises(HubError) as existing:
+        check_access(hub.model_copy(update={"repo_id": "club/existing"}))
+    assert str(existing.value) == "hub.repo_id: alice (token in BACKTRANS_TEST_TOKEN) may not write to club/existing"
