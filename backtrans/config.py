@@ -368,3 +368,7 @@ def config_reference() -> str:
             if key not in inherited:
                 rows.append(f"| `{prefix}.{key}` | {_shown_default(field)} | {field.description} |")
     return "\n".join(rows)
+
+
+if __name__ == "__main__":  # `python -m backtrans.config`: README's config table
+    print(config_reference())

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 
-# Servers echo keys back in 401 bodies ("Incorrect API key provided: sk-...").
-KEY_LIKE = re.compile(r"\b(sk|hf|api|key)[-_][A-Za-z0-9*_-]{6,}", re.IGNORECASE)
+# Servers echo keys back in 401 bodies ("Incorrect API key provided: sk-..."). A key's tail has a
+# digit or a capital; names such as the config path `score.api_key_env` have neither and stay readable.
+KEY_LIKE = re.compile(r"\b(?i:sk|hf|api|key)[-_](?=[A-Za-z0-9*_-]*[0-9A-Z*])[A-Za-z0-9*_-]{6,}")
 
 
 def one_line(error: BaseException, secret: str | None = None) -> str:

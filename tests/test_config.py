@@ -1,8 +1,10 @@
 """Config loading: overrides, key-path errors, secrets only as variable names."""
 
+from pathlib import Path
+
 import pytest
 
-from backtrans.config import DEFAULT_COLUMNS, ConfigError, load_config
+from backtrans.config import DEFAULT_COLUMNS, ConfigError, config_reference, load_config
 
 MINIMAL = """
 source: {uri: data.jsonl, rename: {prompt: instruction}}
@@ -70,3 +72,58 @@ def test_malformed_override_and_missing_file(config_file, tmp_path):
         load_config(config_file, ["score.model"])
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_every_problem_is_reported_on_its_own_line(config_file):
+    with pytest.raises(ConfigError) as caught:
+        load_config(config_file, ["score.max_concurency=8", "score.timeout_s=-1", "source.limit=0"])
+    assert str(caught.value).splitlines() == [
+        "config key source.limit: Input should be greater than or equal to 1",
+        "config key score.timeout_s: Input should be greater than 0",
+        "config key score.max_concurency: unknown key",
+    ]
+
+
+def test_a_yaml_syntax_error_names_line_and_column(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("source:\n  uri: a.jsonl\nscore: {backend: openai, model: [x\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(bad)
+    message = str(caught.value)
+    assert message.startswith(f"config file {bad} is not valid YAML at line 4, column 1: ")
+    assert "\n" not in message
+
+
+def test_a_folder_given_as_the_config_file(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path)
+    assert str(caught.value) == f"config file {tmp_path} is a folder; give the path of a YAML file in it"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("score.generation_kwargs={max_new_tokens: 8, beams: 2}", "config key score.generation_kwargs: 'beams' is not"),
+        ("score.template=/no/such/template.txt", "config key score.template: file not found: /no/such/template.txt"),
+        ("score.endpoint_name=my-endpoint", "config key score.endpoint_name: only for backend hf-endpoint"),
+        ("score.backend=hf-endpoint", "config key score.base_url: backend hf-endpoint needs base_url or endpoint_name"),
+    ],
+)
+def test_checks_that_need_no_network_are_config_errors(config_file, override, message):
+    with pytest.raises(ConfigError) as caught:
+        load_config(config_file, [override])
+    assert str(caught.value).startswith(message)
+
+
+def test_a_template_with_an_unknown_placeholder_is_a_config_error(config_file, tmp_path):
+    template = tmp_path / "judge.txt"
+    template.write_text("Rate {instruction} / {answer}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(config_file, [f"score.template={template}"])
+    assert str(caught.value) == f"config key score.template: template {template}: unknown placeholder {{answer}}"
+
+
+def test_readme_config_table_is_made_from_the_field_descriptions():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("<!-- config table: begin -->\n", 1)[1].split("\n<!-- config table: end -->", 1)[0]
+    assert table == config_reference(), "README's config table is stale: python -m backtrans.config > the table"
