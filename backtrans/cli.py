@@ -10,7 +10,8 @@ import argparse
 import sys
 import time
 
-from backtrans.errors import root_failure
+from backtrans.errors import mask, root_failure
+from backtrans.schema import BacktransError
 
 EXIT_FAILED = 1
 EXIT_BAD_CONFIG = 2
@@ -78,6 +79,9 @@ def run(config_path: str, overrides: list[str], started: float | None = None) ->
     ray.init(ignore_reinit_error=True, log_to_driver=True, include_dashboard=False)
     try:
         result = run_job(config, started)
+    except BacktransError as error:  # ours: the message is the one line
+        print(f"backtrans: error: {mask(str(error))}", file=sys.stderr)
+        return EXIT_FAILED
     except Exception as error:  # the contract: any failure is one line on stderr and a non-zero exit
         print(f"backtrans: error: {root_failure(error)[1]}", file=sys.stderr)
         return EXIT_FAILED

@@ -12,12 +12,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from backtrans.schema import ROW_HASH
+from backtrans.schema import ROW_HASH, BacktransError
 
 DEFAULT_COLUMNS = ["instruction", "generation", "generation_model", "score", "reason", "scoring_model"]
 
 
-class ConfigError(ValueError):
+class ConfigError(BacktransError, ValueError):
     """A config problem, worded as one line that names the key path."""
 
 

@@ -25,10 +25,11 @@ from backtrans.errors import root_failure
 from backtrans.hub import check_access, push
 from backtrans.metrics import start_metrics
 from backtrans.output import PLOT_FILE, OutputFolder, write_rows
+from backtrans.pacing import budget_left
 from backtrans.plot import plot_scores
 from backtrans.prompts import BACKWARD, INSTRUCTION, SEGMENT, SELF_CURATION, load_template
 from backtrans.resources import IO_CPUS, configure_ray_data, map_blocks
-from backtrans.schema import ERROR, MESSAGES, ORIGIN, ORIGIN_SEED, ORIGIN_WEB, SCORE, SCORE_PREV
+from backtrans.schema import ERROR, MESSAGES, ORIGIN, ORIGIN_SEED, ORIGIN_WEB, SCORE, SCORE_PREV, BacktransError
 from backtrans.segment_pass import filter_counts, read_segments, write_segments
 from backtrans.sources import ResolvedFiles, read_source, require_columns, resolve_files
 from backtrans.stages import AugmentStage, GenerateStage, LLMStage, ScoreStage, StageSpec
@@ -36,6 +37,7 @@ from backtrans.summary import (
     CuratedSummary,
     Phases,
     RunSummary,
+    Spent,
     build_summary,
     read_contents,
     read_summary,
@@ -53,8 +55,8 @@ STAGES: dict[str, type[LLMStage]] = {"augment": AugmentStage, "generate": Genera
 DEFAULT_TEMPLATES = {"augment": BACKWARD, "generate": INSTRUCTION, "score": SELF_CURATION}
 
 
-class JobError(RuntimeError):
-    """The job cannot run as configured; a one-line reason."""
+class JobError(BacktransError):
+    """The job cannot run as configured, or stopped; a one-line reason."""
 
 
 @dataclass(frozen=True)
@@ -215,14 +217,26 @@ def _summary(
     )
 
 
-def _stop(error: Exception, config: JobConfig, folder: OutputFolder, metrics, state: str, started: float, phases):
+def _budgets_left(config: JobConfig, spent_before: dict[str, Spent]) -> JobConfig:
+    """Each stage's budgets less what earlier runs of this output spent (pacing.budget_left)."""
+    left = {}
+    for name, stage in _active_stages(config).items():
+        spent = spent_before.get(name, Spent())
+        left[name] = budget_left(name, stage, spent.requests, spent.tokens)
+    return config.model_copy(update=left)
+
+
+def _stop(error: Exception, config: JobConfig, folder: OutputFolder, metrics, state: str, started: float, phases,
+          spent_before: dict[str, Spent]):  # fmt: skip
     """The run stopped early: leave a summary that says why (rows written so far stay checkpointed).
     A stage that stops the run records why in the metrics actor before it raises; any other error
     is read from the exception."""
     stop = ray.get(metrics.snapshot.remote()).stop
     kind, message = (stop.kind, stop.message) if stop else root_failure(error)
     contents = read_contents(folder, SCORE in config.output.columns)
-    summary = _summary(config, folder, metrics, state, started, phases, contents, stop=(kind, message))
+    summary = _summary(
+        config, folder, metrics, state, started, phases, contents, stop=(kind, message), spent_before=spent_before
+    )
     write_summary(folder, summary)
     if stop is not None and stop.resumable:
         raise JobError(f"{message}; {summary.rows} rows are written, run the same command again to resume") from None
@@ -259,6 +273,8 @@ def run_job(config: JobConfig, started: float | None = None) -> RunResult:
         if repo_id is None or (done.pushed is not None and done.pushed.repo == repo_id):
             return RunResult(folder.root, "skip", done)
         return RunResult(folder.root, "push", _publish(config, folder, done, repo_id))  # no LLM request
+    spent_before = done.spent if done is not None else {}  # what earlier, unfinished runs spent
+    budgeted = _budgets_left(config, spent_before)  # the stages' budgets; the summary keeps the user's config
     configure_ray_data()
     with _simulators(config) as simulator_url:
         base_urls = {}
@@ -280,13 +296,14 @@ def run_job(config: JobConfig, started: float | None = None) -> RunResult:
         _check_output_columns(config, columns)
         # Reads give blocks of up to 128 KiB (sources.SOURCE_BLOCK_BYTES); the stages want 64 rows (ROWS_PER_TASK).
         dataset = dataset.repartition(target_num_rows_per_block=ROWS_PER_TASK)
-        for name, stage in _active_stages(config).items():
+        for name, stage in _active_stages(budgeted).items():
             dataset = _add_stage(dataset, _stage_spec(name, stage, base_urls[name], metrics_name))
         try:
             write_rows(_as_pairs(dataset, config), folder, config.output, _kept_columns(config))
         except Exception as error:
             stages = round(time.time() - reading, 2)
-            _stop(error, config, folder, metrics, state, started, phases.model_copy(update={"stages": stages}))
+            phases = phases.model_copy(update={"stages": stages})
+            _stop(error, config, folder, metrics, state, started, phases, spent_before)
     written = time.time()
 
     # Each of these is a Ray Data execution with seconds of fixed cost: run them side by side. The
@@ -309,5 +326,7 @@ def run_job(config: JobConfig, started: float | None = None) -> RunResult:
         }
     )
     plot = PLOT_FILE if contents.scores is not None else None
-    summary = _summary(config, folder, metrics, state, started, phases, contents, curated=curated, plot=plot)
+    summary = _summary(
+        config, folder, metrics, state, started, phases, contents, curated=curated, plot=plot, spent_before=spent_before
+    )
     return RunResult(folder.root, state, _publish(config, folder, summary, repo_id))

@@ -17,6 +17,8 @@ import pyarrow as pa
 import ray
 from ray.data.datasource import FileBasedDatasource
 
+from backtrans.schema import BacktransError
+
 ROW_ID_COLUMN = "row_hash"
 # Rows are parsed and handed to Ray in tables of this many, so a big file streams. (Ray's read task
 # merges them into blocks of up to the plan's target block size, see sources.SOURCE_BLOCK_BYTES.)
@@ -25,7 +27,7 @@ ROWS_PER_BLOCK = 64
 logger = logging.getLogger(__name__)
 
 
-class BadLineError(ValueError):
+class BadLineError(BacktransError, ValueError):
     """A JSONL line that is not UTF-8 or not a JSON object; the message names the file and line."""
 
 

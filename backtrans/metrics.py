@@ -43,6 +43,7 @@ class StopReason:
     kind: str
     message: str
     resumable: bool
+    budget: str | None = None  # a budget stop: "max_requests" or "max_tokens"
 
 
 @dataclass

@@ -31,7 +31,7 @@ from ray.data.checkpoint import CheckpointConfig
 
 from backtrans.config import OutputConfig
 from backtrans.resources import AFTER_STAGES_CPUS, IO_CPUS, map_blocks
-from backtrans.schema import ROW_HASH
+from backtrans.schema import ROW_HASH, BacktransError
 
 SUMMARY_FILE = "run_summary.json"
 CARD_FILE = "README.md"
@@ -42,7 +42,7 @@ COMPACT_MARKER = "_replaces.json"  # in .compact/: the shards the compacted ones
 EMPTY_SHARD = "empty.parquet"
 
 
-class OutputError(RuntimeError):
+class OutputError(BacktransError):
     pass
 
 

@@ -31,9 +31,13 @@ class StageDown(BacktransError):
 
 
 class BudgetExhausted(BacktransError):
-    """A stage spent its `max_requests` or `max_tokens`."""
+    """A stage spent its `max_requests` or `max_tokens` (`budget` says which)."""
 
     resumable = True
+
+    def __init__(self, message: str, budget: str):
+        super().__init__(message)
+        self.budget = budget
 
 
 class AdaptiveLimit:
@@ -92,9 +96,32 @@ class Budget:
 
     def check(self) -> None:
         if self.max_requests is not None and self.requests >= self.max_requests:
-            raise BudgetExhausted(f"{self.stage}.max_requests reached ({self.requests} requests in this actor)")
+            raise BudgetExhausted(
+                f"{self.stage}.max_requests reached ({self.requests} requests in this actor)", "max_requests"
+            )
         if self.max_tokens is not None and self.tokens >= self.max_tokens:
-            raise BudgetExhausted(f"{self.stage}.max_tokens reached ({self.tokens} tokens in this actor)")
+            raise BudgetExhausted(f"{self.stage}.max_tokens reached ({self.tokens} tokens in this actor)", "max_tokens")
+
+
+def budget_left(stage_name: str, stage, requests_spent: int, tokens_spent: int):
+    """The stage config with its budgets reduced by what earlier runs of the same output spent, so
+    a stopped run and its re-runs together never spend more than `max_requests` / `max_tokens`.
+    Raises BudgetExhausted (not resumable) when nothing is left."""
+    left = {}
+    for key, spent in (("max_requests", requests_spent), ("max_tokens", tokens_spent)):
+        budget = getattr(stage, key)
+        if budget is None:
+            continue
+        if spent >= budget:
+            error = BudgetExhausted(
+                f"{stage_name}.{key}: the budget of {budget} is spent on this output ({spent} by earlier runs); "
+                f"raise {stage_name}.{key} to continue",
+                key,
+            )
+            error.resumable = False
+            raise error
+        left[key] = budget - spent
+    return stage.model_copy(update=left)
 
 
 class HealthWindow:

@@ -29,6 +29,7 @@ import ray
 from backtrans.config import SourceConfig
 from backtrans.jsonl_datasource import ROW_ID_COLUMN, ROWS_PER_BLOCK, JsonlDatasource, records
 from backtrans.resources import IO_CPUS, map_blocks
+from backtrans.schema import BacktransError
 
 HF_PREFIX = "hf://"
 # Sources come in blocks of up to this many bytes (~64 rows of web text) instead of Ray's 128 MiB:
@@ -40,7 +41,7 @@ PARQUET_SUFFIXES = (".parquet",)
 JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 
 
-class SourceError(ValueError):
+class SourceError(BacktransError, ValueError):
     """The source cannot be read as configured; the message names the URI, split or column."""
 
 

@@ -188,17 +188,24 @@ class LLMStage:
         async def skipped():
             return None
 
-        try:
-            results = await asyncio.gather(
-                *(
-                    skipped() if earlier[i] is not None else self._row({c: columns[c][i] for c in self.inputs}, counts)
-                    for i in range(len(batch))
-                )
-            )
-        except BacktransError as error:  # BudgetExhausted, StageDown: the run stops, the driver reads why
-            reason = StopReason(self.spec.name, type(error).__name__, one_line(error), error.resumable)
-            await self.metrics.stop(reason)
-            raise
+        # Every row runs to its end, even after one stops the run: requests already sent are paid
+        # for and must be counted (budgets hold across re-runs); the others stop at the budget check.
+        results = await asyncio.gather(
+            *(
+                skipped() if earlier[i] is not None else self._row({c: columns[c][i] for c in self.inputs}, counts)
+                for i in range(len(batch))
+            ),
+            return_exceptions=True,
+        )
+        stops = [result for result in results if isinstance(result, BaseException)]
+        if stops:
+            self.metrics.add(self.spec.name, counts)
+            error = next((stop for stop in stops if isinstance(stop, BacktransError)), stops[0])
+            if isinstance(error, BacktransError):  # BudgetExhausted, StageDown: the driver reads why
+                budget = getattr(error, "budget", None)
+                reason = StopReason(self.spec.name, type(error).__name__, one_line(error), error.resumable, budget)
+                await self.metrics.stop(reason)
+            raise error
         rows, errors = [], list(earlier)
         for i, result in enumerate(results):
             if isinstance(result, RowFailure):

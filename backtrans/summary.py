@@ -65,6 +65,13 @@ class Pushed(BaseModel):
     commit: str
 
 
+class Spent(BaseModel):
+    """What a stage has spent on this output over all of its runs: budgets hold for the output."""
+
+    requests: int = 0
+    tokens: int = 0
+
+
 class RunSummary(BaseModel):
     complete: bool
     rows: int
@@ -72,6 +79,7 @@ class RunSummary(BaseModel):
     failures_this_run: dict[str, dict[str, int]]  # stage -> failure type -> rows
     skipped_lines_this_run: int  # JSONL lines under bad_lines: skip
     stages: dict[str, StageSummary]
+    spent: dict[str, Spent] = {}  # stage -> requests and tokens over every run of this output
     simulated: bool
     resumed: bool
     seconds: float  # the whole run: process start to the summary (after the push, when there is one)
@@ -141,6 +149,26 @@ def read_contents(folder: OutputFolder, scored: bool) -> Contents:
     return Contents(folder.count_rows(folder.data), None, columns)
 
 
+def _spent(config: JobConfig, snapshot: RunSnapshot, spent_before: dict[str, Spent]) -> dict[str, Spent]:
+    """What each stage spent on this output, this run included. A budget stop counts its whole
+    budget as spent: the stage actors' counts miss the requests in flight when Ray Data shuts the
+    pool down, and a re-run must never spend more than the budget."""
+    spent = dict(spent_before)
+    for name, counts in snapshot.stages.items():
+        before = spent.get(name, Spent())
+        spent[name] = Spent(
+            requests=before.requests + counts.requests,
+            tokens=before.tokens + counts.prompt_tokens + counts.completion_tokens,
+        )
+    stop = snapshot.stop
+    if stop is not None and stop.budget is not None:
+        budget = getattr(getattr(config, stop.stage), stop.budget)
+        field = "requests" if stop.budget == "max_requests" else "tokens"
+        ledger = spent.setdefault(stop.stage, Spent())
+        setattr(ledger, field, max(getattr(ledger, field), budget))
+    return spent
+
+
 def build_summary(
     config: JobConfig,
     contents: Contents,
@@ -154,9 +182,10 @@ def build_summary(
     curated: CuratedSummary | None = None,
     plot: str | None = None,
     stop: tuple[str, str] | None = None,
+    spent_before: dict[str, Spent] | None = None,
 ) -> RunSummary:
     """The summary of one run, from what each of its passes returned. `stop`: (failure type, message)
-    of a run that ended early."""
+    of a run that ended early; `spent_before`: what earlier, unfinished runs of this output spent."""
     return RunSummary(
         complete=stop is None,
         rows=contents.rows,
@@ -175,6 +204,7 @@ def build_summary(
             )
             for name, counts in snapshot.stages.items()
         },
+        spent=_spent(config, snapshot, spent_before or {}),
         simulated=simulated,
         resumed=state == "resume",
         seconds=round(time.time() - started, 2),

@@ -6,6 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from backtrans.job import JobError, run_job
+from backtrans.schema import BacktransError
 from backtrans.simulator import Simulator, SimulatorConfig
 from tests.helpers import (
     assert_scores_match_simulator,
@@ -140,3 +141,21 @@ def test_budget_stops_cleanly_with_a_summary_that_says_so(tmp_path):
     assert summary["complete"] is False and summary["stopped_by"] == "BudgetExhausted"
     assert summary["reason"].startswith("score.max_requests reached (")  # the stop the stage recorded
     assert (tmp_path / "out" / ".checkpoint").is_dir()
+
+
+def test_re_runs_of_a_budget_stopped_output_never_spend_more_than_its_budget(tmp_path):
+    source = write_pairs_jsonl(tmp_path / "pairs.jsonl", 200)
+    with Simulator(SimulatorConfig(latency_ms=5)) as sim:
+        config = score_only_config(source, tmp_path / "out", sim.url, max_requests=40, actors=2)
+        messages = []
+        for _ in range(4):  # the first run stops; each re-run spends at most what is left, then none is
+            with pytest.raises(BacktransError) as stopped:
+                run_job(config)
+            messages.append(str(stopped.value))
+        assert sim.stats()["total_requests"] <= 40
+    assert messages[-1] == (
+        "score.max_requests: the budget of 40 is spent on this output (40 by earlier runs); "
+        "raise score.max_requests to continue"
+    )
+    summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
+    assert summary["spent"]["score"]["requests"] == 40

@@ -14,6 +14,8 @@ import string
 from functools import cache
 from pathlib import Path
 
+from backtrans.schema import BacktransError
+
 PROMPTS_DIR = Path(__file__).parent
 SELF_CURATION = PROMPTS_DIR / "self_curation.txt"
 BACKWARD = PROMPTS_DIR / "backward.txt"
@@ -21,7 +23,7 @@ SEGMENT = PROMPTS_DIR / "segment.txt"  # augment with `prompt: bare`: the segmen
 INSTRUCTION = PROMPTS_DIR / "instruction.txt"  # generation sends the bare instruction, as distilabel does
 
 
-class TemplateError(ValueError):
+class TemplateError(BacktransError, ValueError):
     pass
 
 
