@@ -94,7 +94,7 @@ class CurationConfig(_Strict):
 
 
 class SegmentsConfig(_Strict):
-    """The paper's web-segment filter (backtrans/segments.py), applied before any request is spent."""
+    """The paper's web-segment filter (backtrans/segments/), applied before any request is spent."""
 
     text_column: str = "text"  # the web text (after source.rename); it becomes `generation`
     min_chars: int = Field(default=600, ge=0)

@@ -30,7 +30,7 @@ from backtrans.plot import plot_scores
 from backtrans.preflight import probe
 from backtrans.prompts import BACKWARD, INSTRUCTION, SEGMENT, SELF_CURATION, load_template
 from backtrans.resources import IO_CPUS, configure_ray_data, map_blocks
-from backtrans.segment_pass import filter_counts, read_segments, write_segments
+from backtrans.segments.filter_pass import filter_counts, read_segments, write_segments
 from backtrans.sources import ResolvedFiles, read_source, require_columns, resolve_files
 from backtrans.stages import ERROR_COLUMN, AugmentStage, GenerateStage, LLMStage, ScoreStage, StageSpec
 from backtrans.summary import build_summary, write_summary

@@ -38,6 +38,7 @@ class StageCounts:
 class RunSnapshot:
     stages: dict[str, StageCounts] = field(default_factory=dict)
     skipped_lines: int = 0  # JSONL lines skipped under `source.bad_lines: skip`
+    filter_counts: dict[str, int] = field(default_factory=dict)  # segment filter: rows by rule, and "kept"
 
 
 @ray.remote(num_cpus=0)
@@ -45,6 +46,7 @@ class RunMetrics:
     def __init__(self):
         self._stages: dict[str, StageCounts] = {}
         self._skipped_lines: set[str] = set()
+        self._filter_counts: Counter = Counter()
 
     def add(self, stage: str, counts: StageCounts) -> None:
         self._stages.setdefault(stage, StageCounts()).add(counts)
@@ -53,8 +55,15 @@ class RunMetrics:
         # A set of "file:line": a file read more than once (schema probes, task retries) counts once.
         self._skipped_lines.update(lines)
 
+    def filtered(self, rule_counts: dict[str, int]) -> None:
+        self._filter_counts.update(rule_counts)
+
     def snapshot(self) -> RunSnapshot:
-        return RunSnapshot(stages=dict(self._stages), skipped_lines=len(self._skipped_lines))
+        return RunSnapshot(
+            stages=dict(self._stages),
+            skipped_lines=len(self._skipped_lines),
+            filter_counts=dict(self._filter_counts),
+        )
 
 
 def start_metrics(name: str):
