@@ -196,7 +196,7 @@ class CurationConfig(_Strict):
 
 
 class SegmentsConfig(_Strict):
-    """The paper's web-segment filter (backtrans/segments), applied before any request is spent."""
+    """The paper's web-segment filter (backtrans/segments/), applied before any request is spent."""
 
     text_column: str = _field("text", "the web text (after `source.rename`); it becomes `generation`")
     min_chars: int = _field(600, "shortest segment kept (the paper's bound)", ge=0)

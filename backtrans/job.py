@@ -30,7 +30,7 @@ from backtrans.plot import plot_scores
 from backtrans.prompts import BACKWARD, INSTRUCTION, SEGMENT, SELF_CURATION, load_template
 from backtrans.resources import IO_CPUS, configure_ray_data, map_blocks
 from backtrans.schema import ERROR, MESSAGES, ORIGIN, ORIGIN_SEED, ORIGIN_WEB, SCORE, SCORE_PREV, BacktransError
-from backtrans.segment_pass import filter_counts, read_segments, write_segments
+from backtrans.segments.filter_pass import filter_counts, read_segments, write_segments
 from backtrans.sources import ResolvedFiles, read_source, require_columns, resolve_files
 from backtrans.stages import AugmentStage, GenerateStage, LLMStage, ScoreStage, StageSpec
 from backtrans.summary import (

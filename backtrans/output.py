@@ -76,6 +76,14 @@ class OutputFolder:
         return self.path(".segments")
 
     @property
+    def segment_rows(self) -> str:
+        return os.path.join(self.segments, "rows")
+
+    @property
+    def segment_counts(self) -> str:
+        return os.path.join(self.segments, "filter_counts.json")
+
+    @property
     def compact(self) -> str:
         return self.path(".compact")
 

@@ -1,0 +1,76 @@
+"""What the segment tests share: two clean paragraphs, what jobs/data/web_sample.jsonl holds (as its
+README describes it, written out here so that no test parses the README), and the sample as a Dataset."""
+
+from pathlib import Path
+
+import ray
+
+from backtrans.jsonl_datasource import JsonlDatasource
+from backtrans.segments.filter_pass import summarize
+
+SAMPLE = Path(__file__).resolve().parents[2] / "jobs" / "data" / "web_sample.jsonl"
+
+
+def _ids(*numbers: int) -> list[str]:
+    return [f"doc-{number:04d}" for number in numbers]
+
+
+# Which rule each deliberately bad document was built to fail, in rule order; the other 156 are good.
+BUILT_TO_FAIL = {
+    "empty": _ids(48, 68, 85, 216),
+    "too_short": _ids(8, 18, 45, 51, 53, 56, 66, 84, 101, 220),
+    "too_long": _ids(7, 27, 28, 32, 46, 127, 135, 166),
+    "uppercase": _ids(54, 86, 164, 167, 209, 211),
+    "boilerplate": _ids(1, 4, 43, 58, 72, 75, 140, 141, 170, 187),
+    "repetitive": _ids(38, 42, 69, 108, 120, 179),
+    "exact_duplicate": _ids(97, 153, 157, 158, 160, 172, 175, 176, 199, 205, 208, 219),
+    "near_duplicate": _ids(14, 60, 61, 119, 138, 162, 189, 201),
+}
+CATEGORY_OF = {doc: category for category, docs in BUILT_TO_FAIL.items() for doc in docs}
+REMOVED = {category: len(docs) for category, docs in BUILT_TO_FAIL.items()}
+KEPT = 156
+
+# Each duplicate and the earlier original it copies.
+DUPLICATE_OF = dict(
+    zip(
+        _ids(14, 60, 61, 97, 119, 138, 153, 157, 158, 160, 162, 172, 175, 176, 189, 199, 201, 205, 208, 219),
+        _ids(11, 25, 10, 30, 9, 90, 131, 155, 5, 63, 110, 105, 24, 33, 100, 194, 132, 36, 3, 89),
+        strict=True,
+    )
+)
+
+PROSE = (
+    "Sourdough starter is a mixture of flour and water that wild yeast and lactic acid bacteria have colonised. "
+    "Feed it equal weights of flour and water once a day, keep it at room temperature, and it will double in size "
+    "within a few hours of each feeding. A starter that smells sharply of acetone is hungry, not ruined: feed it "
+    "more often for a couple of days. Whole grain rye flour speeds things up because it carries more nutrients "
+    "and more of the microbes you want. Once it rises predictably, you can keep it in the fridge and feed it weekly. "
+    "Before baking, take it out the evening before and give it two warm feedings so that it is lively again."
+)
+OTHER = (
+    "The Treaty of Westphalia ended the Thirty Years' War in 1648. It is often cited as the start of the "
+    "modern system of sovereign states, although historians now argue that this reading is a later myth. "
+    "The negotiations took place in two Westphalian towns, Osnabrück and Münster, over several years."
+)
+
+
+class LoggedRule:
+    """A rule that appends its name to a file each time it runs (in a module the workers can import:
+    the rules run there)."""
+
+    def __init__(self, rule, log: Path):
+        self.rule, self.log = rule, str(log)
+
+    def __call__(self, text):
+        with open(self.log, "a", encoding="utf-8") as f:
+            f.write(type(self.rule).__name__ + "\n")
+        return self.rule(text)
+
+
+def read_sample() -> ray.data.Dataset:
+    return ray.data.read_datasource(JsonlDatasource([str(SAMPLE)]))
+
+
+def filter_counts(metrics: ray.actor.ActorHandle) -> dict:
+    """What the filter told the run's metrics actor, in the pass's shape."""
+    return summarize(ray.get(metrics.snapshot.remote()).filter_counts)
