@@ -89,6 +89,12 @@ def run(config_path: str, overrides: list[str], started: float | None = None) ->
     return 0
 
 
+def job_entrypoint() -> int:
+    """`python jobs/NAME.py CONFIG.yaml [--set ...]`: the `ray job submit` entrypoints, which run the
+    same job as `backtrans run`."""
+    return main(["run", *sys.argv[1:]])
+
+
 def main(argv: list[str] | None = None) -> int:
     started = time.time()  # before Ray and the job's modules are imported: they are part of the start-up
     args = _parser().parse_args(argv)

@@ -5,7 +5,7 @@ ray job submit --working-dir . -- python jobs/self_augmentation.py jobs/configs/
 
 import sys
 
-from backtrans.cli import main
+from backtrans.cli import job_entrypoint
 
 if __name__ == "__main__":
-    sys.exit(main(["run", *sys.argv[1:]]))
+    sys.exit(job_entrypoint())
