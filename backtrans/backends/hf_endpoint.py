@@ -8,16 +8,7 @@ import json
 from functools import cache
 from typing import TYPE_CHECKING
 
-from backtrans.backends.base import (
-    Backend,
-    FailedAttempt,
-    MalformedReply,
-    Reply,
-    chat_kwargs,
-    completion_reply,
-    http_failure,
-    other_failure,
-)
+from backtrans.backends import base
 from backtrans.errors import one_line
 from backtrans.schema import STAGE_HEADER
 
@@ -51,13 +42,13 @@ class HFEndpointClient:
         from huggingface_hub import AsyncInferenceClient
 
         self.model = stage.model
-        self.kwargs = chat_kwargs(stage.generation_kwargs)
+        self.kwargs = base.chat_kwargs(stage.generation_kwargs)
         self._secret = api_key
         self._client = AsyncInferenceClient(
             base_url=base_url, token=api_key, timeout=stage.timeout_s, headers={STAGE_HEADER: stage_name}
         )
 
-    async def send(self, prompt: str) -> Reply:
+    async def send(self, prompt: str) -> base.Reply:
         messages = [{"role": "user", "content": prompt}]
         try:
             response = await self._client.chat_completion(messages, model=self.model, **self.kwargs)
@@ -65,26 +56,26 @@ class HFEndpointClient:
             text, finish_reason = choice.message.content, choice.finish_reason
             usage = vars(response.usage) if response.usage else {}
         except (json.JSONDecodeError, AttributeError, IndexError, KeyError, TypeError):
-            raise MalformedReply("the reply is not a chat completion") from None
-        return completion_reply(text, finish_reason, usage)
+            raise base.MalformedReply("the reply is not a chat completion") from None
+        return base.completion_reply(text, finish_reason, usage)
 
-    def classify(self, error: Exception) -> FailedAttempt:
+    def classify(self, error: Exception) -> base.FailedAttempt:
         from huggingface_hub.errors import HfHubHTTPError
 
         timeouts, connections = _transport_errors()
         if isinstance(error, HfHubHTTPError) and error.response is not None:
-            return http_failure(error.response.status_code, error.response.headers, one_line(error, self._secret))
+            return base.http_failure(error.response.status_code, error.response.headers, one_line(error, self._secret))
         if isinstance(error, timeouts):  # before connections: httpx's timeouts are transport errors
-            return FailedAttempt("timeout", True, one_line(error, self._secret))
+            return base.FailedAttempt("timeout", True, one_line(error, self._secret))
         if isinstance(error, connections):
-            return FailedAttempt("connection", True, one_line(error, self._secret))
-        return other_failure(error, self._secret)
+            return base.FailedAttempt("connection", True, one_line(error, self._secret))
+        return base.other_failure(error, self._secret)
 
     async def close(self) -> None:
         await self._client.close()
 
 
-class HFEndpointBackend(Backend):
+class HFEndpointBackend(base.Backend):
     name = "hf-endpoint"
     lists_models = False  # TGI lists its one model under its own id, not the name the config sends
 
