@@ -37,7 +37,7 @@ def test_canary_key_appears_nowhere(tmp_path):
                             capture_output=True, text=True, timeout=300)  # fmt: skip
         assert sim.stats()["authorized_requests"] > 0  # the key really was used
     with Simulator(SimulatorConfig(api_key="sk-other-key-000000")) as refusing:
-        config.write_text(config.read_text().replace(sim.url, refusing.url).replace("/out}", "/out2}"))
+        config.write_text(config.read_text().replace(sim.url, refusing.url).replace("/out,", "/out2,"))
         refused = subprocess.run([sys.executable, "-m", "backtrans", "run", str(config)], cwd=REPO, env=env,
                                  capture_output=True, text=True, timeout=300)  # fmt: skip
 

@@ -1,8 +1,10 @@
 """backend: hf-endpoint against a recording server and the simulator's faults, through AsyncInferenceClient."""
 
 import pytest
+from pydantic import ValidationError
 
 from backtrans.backends import backend_for
+from backtrans.config import StageConfig
 from backtrans.schema import STAGE_HEADER
 from tests.backends.faults import FAULTS, Recorder, fault, send, stage
 
@@ -41,8 +43,11 @@ def test_faults_are_classified_by_the_client_exception(rate):
 
 def test_config_needs_a_url_or_an_endpoint_name_and_probes_the_root():
     backend = backend_for(stage("hf-endpoint", base_url="http://h"))
+    unchecked = StageConfig.model_construct(backend="hf-endpoint", model="m")
     with pytest.raises(ValueError, match=r"^base_url: backend hf-endpoint needs base_url or endpoint_name$"):
-        backend.check_config(stage("hf-endpoint"))
+        backend.check_config(unchecked)
+    with pytest.raises(ValidationError, match=r"base_url: backend hf-endpoint needs base_url or endpoint_name"):
+        stage("hf-endpoint")  # the config's validator asks the backend
     backend.check_config(stage("hf-endpoint", endpoint_name="my-notus"))
-    assert backend.models_url(stage("hf-endpoint"), "http://h:8080/v1/") == "http://h:8080/v1/models"
-    assert backend.models_url(stage("hf-endpoint"), "http://h:8080") == "http://h:8080/v1/models"
+    assert backend.models_url(unchecked, "http://h:8080/v1/") == "http://h:8080/v1/models"
+    assert backend.models_url(unchecked, "http://h:8080") == "http://h:8080/v1/models"

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from pydantic import ValidationError
 
 from backtrans.backends import BACKENDS, backend_for
 from backtrans.config import StageConfig
@@ -18,10 +19,11 @@ def test_every_configurable_backend_is_registered():
 
 @pytest.mark.parametrize("backend", ["openai", "simulated"])
 def test_endpoint_name_is_only_for_hf_endpoint(backend):
+    unchecked = StageConfig.model_construct(backend=backend, model="m", endpoint_name="e")
     with pytest.raises(ValueError, match=r"^endpoint_name: only for backend hf-endpoint$"):
-        backend_for(StageConfig(backend=backend, model="m")).check_config(
-            StageConfig(backend=backend, model="m", endpoint_name="e")
-        )
+        backend_for(unchecked).check_config(unchecked)
+    with pytest.raises(ValidationError, match=r"endpoint_name: only for backend hf-endpoint"):
+        StageConfig(backend=backend, model="m", endpoint_name="e")  # the config's validator asks the backend
 
 
 def test_simulated_uses_the_jobs_simulator_and_no_key(monkeypatch):
