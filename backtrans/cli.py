@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
 from backtrans.errors import root_failure
 
 EXIT_FAILED = 1
 EXIT_BAD_CONFIG = 2
+EXIT_INTERRUPTED = 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,21 +67,51 @@ def run(config_path: str, overrides: list[str]) -> int:
         print(f"backtrans: error: {error}", file=sys.stderr)
         return EXIT_BAD_CONFIG
 
-    import ray
+    from backtrans import progress
 
-    from backtrans.job import run_job
-
-    # A local Ray started for this one job skips the dashboard: it costs several CPU-seconds while the
-    # job starts (BENCHMARKS.md). For a dashboard, `ray start --head` and set RAY_ADDRESS; on an
-    # existing cluster this argument is ignored.
-    ray.init(ignore_reinit_error=True, log_to_driver=True, include_dashboard=False)
+    # From here on Ray's own output (its loggers, the C++ core worker, warnings, teardown at exit)
+    # goes to a log file, and backtrans' lines to the terminal; errors stay one line, the last.
+    ray_output = progress.quiet_ray()
+    named_log = False
     try:
+        import ray
+
+        from backtrans.job import run_job
+
+        # A local Ray started for this one job skips the dashboard: it costs several CPU-seconds while
+        # the job starts (BENCHMARKS.md). For a dashboard, `ray start --head` and set RAY_ADDRESS; on an
+        # existing cluster this argument is ignored. Workers' output stays in Ray's session logs:
+        # stage failures reach the driver as exceptions and as `error` records.
+        ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
+        session_logs = progress.ray_logs_dir()
+        where = f"{session_logs} (this run: {ray_output.log_path})" if session_logs else ray_output.log_path
+        progress.say(f"backtrans: Ray's logs: {where}")
+        named_log = True
         result = run_job(config)
     except Exception as error:  # the contract: any failure is one line on stderr and a non-zero exit
-        print(f"backtrans: error: {root_failure(error)[1]}", file=sys.stderr)
+        traceback.print_exc()  # to the log file
+        log = "" if named_log else f" (Ray's output: {ray_output.log_path})"  # Ray did not start
+        progress.say(f"backtrans: error: {root_failure(error)[1]}{log}")
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        progress.say("backtrans: error: interrupted; run the same command again to resume")
+        return EXIT_INTERRUPTED
     _report(result)
+    _report_spend(result, config)
     return 0
+
+
+def _report_spend(result, config) -> None:
+    """What the run's requests cost, when a stage config gives `price` (progress.spend)."""
+    from backtrans.metrics import RunSnapshot, StageCounts
+    from backtrans.progress import format_money, spend
+
+    stages = (result.summary or {}).get("stages", {})
+    tokens = {name: StageCounts(prompt_tokens=s["prompt_tokens"], completion_tokens=s["completion_tokens"])
+              for name, s in stages.items()}  # fmt: skip
+    cost = spend(RunSnapshot(stages=tokens), config)
+    if cost is not None:
+        print(f"backtrans: spend {format_money(cost)} (stage prices per million tokens x the tokens servers reported)")
 
 
 def main(argv: list[str] | None = None) -> int:

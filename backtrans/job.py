@@ -27,6 +27,7 @@ from backtrans.hub import push
 from backtrans.metrics import start_metrics
 from backtrans.output import PLOT_FILE, OutputFolder, write_rows
 from backtrans.plot import plot_scores
+from backtrans.progress import show_progress
 from backtrans.prompts import BACKWARD, INSTRUCTION, SEGMENT, SELF_CURATION, load_template
 from backtrans.resources import IO_CPUS, configure_ray_data, map_blocks
 from backtrans.schema import ERROR
@@ -238,7 +239,8 @@ def run_job(config: JobConfig) -> RunResult:
         for name, stage in _active_stages(config).items():
             dataset = _add_stage(dataset, _stage_spec(name, stage, base_urls[name], metrics_name))
         try:
-            write_rows(_with_messages(dataset, config), folder, config.output)
+            with show_progress(config, metrics, folder, source_files):
+                write_rows(_with_messages(dataset, config), folder, config.output)
         except Exception as error:
             _stop(error, config, folder, metrics, started, state)
 
