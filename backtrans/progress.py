@@ -19,6 +19,7 @@ otherwise (`ray job submit`, CI, a pipe). `spend()` is the one place the run's c
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import math
 import os
@@ -286,6 +287,8 @@ class _Reporter(threading.Thread):
             if snapshot is None:
                 return
         self.last = snapshot
+        if self.done.is_set():  # the stages' execution returned: their actors are gone, nothing is in flight
+            snapshot = dataclasses.replace(snapshot, in_flight={})
         now = time.monotonic()
         text = self.line.render(snapshot, now - self.started, self.rates.add(now, snapshot))
         if not self.live:
