@@ -72,6 +72,15 @@ def run(config_path: str, overrides: list[str]) -> int:
     # From here on Ray's own output (its loggers, the C++ core worker, warnings, teardown at exit)
     # goes to a log file, and backtrans' lines to the terminal; errors stay one line, the last.
     ray_output = progress.quiet_ray()
+    try:
+        return _run(config, ray_output)
+    finally:
+        ray_output.finished()
+
+
+def _run(config, ray_output) -> int:
+    from backtrans import progress
+
     named_log = False
     try:
         import ray

@@ -23,6 +23,7 @@ import dataclasses
 import glob
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -57,14 +58,36 @@ def say(line: str) -> None:
 # ---------------------------------------------------------------------------------------------- Ray's output
 
 
-@dataclass(frozen=True)
+# Run in a small child process: it waits for the driver to end and, unless the driver said it ended
+# with its own last line, prints why the console went quiet. A driver killed (SIGKILL, the OOM killer)
+# or ended by Ray's C++ code (a fatal check, a lost raylet) prints nothing of its own.
+_WATCHDOG = """
+import signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+if sys.stdin.buffer.read() != b"ok":
+    print(f"backtrans: error: the run ended abruptly (killed, or stopped by Ray); Ray's output: {sys.argv[1]}",
+          flush=True)
+"""
+
+
+@dataclass
 class RayOutput:
     log_path: str  # where Ray's output (and any traceback) goes for this run
+    _watchdog: int | None = None  # the write end of the watchdog's pipe
+
+    def finished(self) -> None:
+        """The driver printed its last line: the watchdog stays silent."""
+        if self._watchdog is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._watchdog, b"ok")
+                os.close(self._watchdog)
+            self._watchdog = None
 
 
 def quiet_ray() -> RayOutput:
     """Send everything written to stderr from now on to a log file; backtrans' own lines keep the
-    terminal (`say`). An uncaught exception is one line on the terminal and its traceback in the log."""
+    terminal (`say`). An uncaught exception is one line on the terminal and its traceback in the log;
+    call `finished()` on the result once the last line is printed."""
     global _terminal
     fd, path = tempfile.mkstemp(prefix="backtrans-", suffix="-ray.log")
     sys.stderr.flush()
@@ -72,13 +95,19 @@ def quiet_ray() -> RayOutput:
         _terminal = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
     os.dup2(fd, 2)  # sys.stderr (and every Python handler on it) writes to fd 2, so to the log
     os.close(fd)
+    output = RayOutput(path)
+    read_end, output._watchdog = os.pipe()  # not inheritable: only the watchdog holds the read end
+    with contextlib.suppress(OSError):
+        subprocess.Popen([sys.executable, "-c", _WATCHDOG, path], stdin=read_end, stdout=_terminal)
+    os.close(read_end)
 
     def one_line(kind, error, tb):
         traceback.print_exception(kind, error, tb)  # to the log
         say(f"backtrans: error: {kind.__name__}: {error} (traceback in {path})")
+        output.finished()
 
     sys.excepthook = one_line
-    return RayOutput(path)
+    return output
 
 
 def ray_logs_dir() -> str | None:
@@ -269,7 +298,7 @@ class _Reporter(threading.Thread):
         self.rates = RequestRates(self.started)
         self.done = threading.Event()
         self.last: RunSnapshot | None = None
-        self._bar = None
+        self._drawn = False
 
     def run(self) -> None:
         with contextlib.suppress(Exception):
@@ -294,19 +323,26 @@ class _Reporter(threading.Thread):
         if not self.live:
             print(text, file=self.stream, flush=True)
             return
-        if self._bar is None:
-            from tqdm import tqdm
-
-            # tqdm only redraws the line: trimmed to the terminal's width, so it never wraps.
-            self._bar = tqdm(file=self.stream, bar_format="{desc}", dynamic_ncols=True, leave=True)
-        self._bar.set_description_str(text)
+        # Redrawn in place, cut to the terminal's width: a line that wrapped could not be redrawn.
+        self.stream.write("\r" + text[: _columns(self.stream) - 1] + "\x1b[K")
+        self.stream.flush()
+        self._drawn = True
 
     def finish(self) -> None:
         self.done.set()
         self.join(timeout=POLL_TIMEOUT_S)
         self.show()  # the last figures, always: a run shorter than one interval prints one line too
-        if self._bar is not None:
-            self._bar.close()
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _columns(stream) -> int:
+    try:
+        columns = os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError):
+        columns = 0
+    return columns or 80  # a pseudo-terminal may not know its size
 
 
 def _isatty(stream) -> bool:
