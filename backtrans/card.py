@@ -54,6 +54,8 @@ def _stage_table(summary: RunSummary) -> str:
             f"| {name} | {stage.backend} | `{stage.model}` | {stage.requests} "
             f"| {stage.prompt_tokens} | {stage.completion_tokens} |"
         )
+    if summary.spend is not None:
+        lines.append(f"\nSpend of the last run at the configured prices: {summary.spend:,.2f}.")
     return "\n".join(lines)
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 
 from backtrans.errors import mask, root_failure
 from backtrans.schema import BacktransError
 
 EXIT_FAILED = 1
 EXIT_BAD_CONFIG = 2
+EXIT_INTERRUPTED = 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _report(result) -> None:
+    from backtrans.progress import format_money
+
     summary = result.summary
     if result.state == "skip":
         print(f"backtrans: {result.output_path} is already complete; nothing to do (output.mode=overwrite redoes it)")
@@ -53,6 +57,8 @@ def _report(result) -> None:
     failures = {f"{stage}.{kind}": n for stage, kinds in summary.failures_this_run.items() for kind, n in kinds.items()}
     if failures:
         print("backtrans: row failures " + ", ".join(f"{k}: {v}" for k, v in failures.items()))
+    if summary.spend is not None:
+        print(f"backtrans: spend {format_money(summary.spend)} (stage prices x the tokens the servers reported)")
     if summary.simulated:
         print("backtrans: the model text is SIMULATED (backend: simulated), not output of a real model")
     if summary.pushed:
@@ -69,22 +75,47 @@ def run(config_path: str, overrides: list[str], started: float | None = None) ->
         print(f"backtrans: error: {error}", file=sys.stderr)
         return EXIT_BAD_CONFIG
 
-    import ray
+    from backtrans import progress
 
-    from backtrans.job import run_job
-
-    # A local Ray started for this one job skips the dashboard: it costs several CPU-seconds while the
-    # job starts (BENCHMARKS.md). For a dashboard, `ray start --head` and set RAY_ADDRESS; on an
-    # existing cluster this argument is ignored.
-    ray.init(ignore_reinit_error=True, log_to_driver=True, include_dashboard=False)
+    # From here on Ray's own output (its loggers, the C++ core worker, warnings, teardown at exit)
+    # goes to a log file, and backtrans' lines to the terminal; errors stay one line, the last.
+    ray_output = progress.quiet_ray()
     try:
+        return _run(config, ray_output, started)
+    finally:
+        ray_output.finished()
+
+
+def _run(config, ray_output, started: float | None) -> int:
+    from backtrans import progress
+
+    named_log = False
+    try:
+        import ray
+
+        from backtrans.job import run_job
+
+        # A local Ray started for this one job skips the dashboard: it costs several CPU-seconds while
+        # the job starts (BENCHMARKS.md). For a dashboard, `ray start --head` and set RAY_ADDRESS; on an
+        # existing cluster this argument is ignored. Workers' output stays in Ray's session logs:
+        # stage failures reach the driver as exceptions and as `error` records.
+        ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
+        session_logs = progress.ray_logs_dir()
+        where = f"{session_logs} (this run: {ray_output.log_path})" if session_logs else ray_output.log_path
+        progress.say(f"backtrans: Ray's logs: {where}")
+        named_log = True
         result = run_job(config, started)
     except BacktransError as error:  # ours: the message is the one line
-        print(f"backtrans: error: {mask(str(error))}", file=sys.stderr)
+        progress.say(f"backtrans: error: {mask(str(error))}")
         return EXIT_FAILED
     except Exception as error:  # the contract: any failure is one line on stderr and a non-zero exit
-        print(f"backtrans: error: {root_failure(error)[1]}", file=sys.stderr)
+        traceback.print_exc()  # to the log file
+        log = "" if named_log else f" (Ray's output: {ray_output.log_path})"  # Ray did not start
+        progress.say(f"backtrans: error: {root_failure(error)[1]}{log}")
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        progress.say("backtrans: error: interrupted; run the same command again to resume")
+        return EXIT_INTERRUPTED
     _report(result)
     return 0
 

@@ -27,6 +27,7 @@ from backtrans.metrics import start_metrics
 from backtrans.output import PLOT_FILE, OutputFolder, write_rows
 from backtrans.pacing import budget_left
 from backtrans.plot import plot_scores
+from backtrans.progress import show_progress
 from backtrans.prompts import BACKWARD, INSTRUCTION, SEGMENT, SELF_CURATION, load_template
 from backtrans.resources import IO_CPUS, configure_ray_data, map_blocks
 from backtrans.schema import ERROR, MESSAGES, ORIGIN, ORIGIN_SEED, ORIGIN_WEB, SCORE, SCORE_PREV, BacktransError
@@ -299,7 +300,8 @@ def run_job(config: JobConfig, started: float | None = None) -> RunResult:
         for name, stage in _active_stages(budgeted).items():
             dataset = _add_stage(dataset, _stage_spec(name, stage, base_urls[name], metrics_name))
         try:
-            write_rows(_as_pairs(dataset, config), folder, config.output, _kept_columns(config))
+            with show_progress(config, metrics, folder, source_files):
+                write_rows(_as_pairs(dataset, config), folder, config.output, _kept_columns(config))
         except Exception as error:
             stages = round(time.time() - reading, 2)
             phases = phases.model_copy(update={"stages": stages})

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from backtrans.config import JobConfig
 from backtrans.metrics import RunSnapshot
 from backtrans.output import OutputFolder
+from backtrans.progress import spend
 from backtrans.schema import SCORE
 
 
@@ -80,6 +81,7 @@ class RunSummary(BaseModel):
     skipped_lines_this_run: int  # JSONL lines under bad_lines: skip
     stages: dict[str, StageSummary]
     spent: dict[str, Spent] = {}  # stage -> requests and tokens over every run of this output
+    spend: float | None = None  # this run's cost at the stages' `price` (None: no stage has a price)
     simulated: bool
     resumed: bool
     seconds: float  # the whole run: process start to the summary (after the push, when there is one)
@@ -205,6 +207,7 @@ def build_summary(
             for name, counts in snapshot.stages.items()
         },
         spent=_spent(config, snapshot, spent_before or {}),
+        spend=spend(snapshot, config),
         simulated=simulated,
         resumed=state == "resume",
         seconds=round(time.time() - started, 2),

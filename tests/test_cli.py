@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -44,10 +45,31 @@ def _cli(*args, env=None, timeout=300):
     )
 
 
+PROGRESS_LINE = re.compile(r"^backtrans: \d[\d,]*/(\d[\d,]*|\?) rows.* \| \w+ \d+\.\d req/s, \d+ in flight \| ")
+NOISE = ("core_worker.cc", "WARNING", "Progress will be logged", "Parquet dataset sampling", "row/s")
+
+
+def _assert_readable_console(result) -> list[str]:
+    """The first line names the log Ray's output went to; then progress lines and a few others; no
+    Ray output. Returns the lines that are not progress lines."""
+    lines = (result.stderr + result.stdout).splitlines()
+    first = re.fullmatch(r"backtrans: Ray's logs: (\S+)( \(this run: (\S+)\))?", result.stderr.splitlines()[0])
+    assert first, result.stderr[:2000]
+    assert os.path.isfile(first.group(3) or first.group(1)), first.group(0)
+    progress = [line for line in lines if PROGRESS_LINE.match(line)]
+    others = [line for line in lines[1:] if line not in progress]
+    assert progress, lines
+    assert all(line.startswith("backtrans: ") for line in lines), lines
+    assert not [line for line in lines if any(noise in line for noise in NOISE)], lines
+    return others
+
+
 def test_demo_writes_scored_parquet_and_says_it_is_simulated(tmp_path):
     result = _cli("run", "jobs/configs/demo.yaml", "--set", f"output.path={tmp_path / 'demo'}")
 
     assert result.returncode == 0, result.stderr[-2000:]
+    assert len(_assert_readable_console(result)) <= 8, result.stderr + result.stdout
+    assert f"backtrans: {DEMO_ROWS}/{DEMO_ROWS} rows (100%)" in result.stderr
     assert f"wrote {DEMO_ROWS} rows to {tmp_path / 'demo'}/data" in result.stdout
     assert "SIMULATED" in result.stdout
     table = pq.read_table(tmp_path / "demo" / "data")
@@ -61,6 +83,7 @@ def test_web_demo_runs_with_one_command_and_reports_filters_and_subsets(tmp_path
     result = _cli("run", "jobs/configs/web_demo.yaml", "--set", f"output.path={tmp_path / 'web'}")
 
     assert result.returncode == 0, result.stderr[-2000:]
+    _assert_readable_console(result)
     summary = json.loads((tmp_path / "web" / "run_summary.json").read_text())
     kept, subsets = summary["segments"]["kept"], summary["curated"]["subsets"]
     assert f"segments 220 in, {kept} kept" in result.stdout
@@ -69,6 +92,21 @@ def test_web_demo_runs_with_one_command_and_reports_filters_and_subsets(tmp_path
     scores = pq.read_table(tmp_path / "web" / "data").column("score").to_pylist()
     assert len(scores) == kept and subsets["a5"] == scores.count(5)
     assert (tmp_path / "web" / "score_distribution.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_run_that_stops_ends_with_its_one_line_error_and_nothing_of_ray_after_it(tmp_path):
+    # A budget stops the score stage part way: the stages, their actors and Ray shut down after the error.
+    result = _cli(
+        "run", "jobs/configs/demo.yaml",
+        "--set", f"output.path={tmp_path / 'demo'}", "--set", "score.max_requests=20",
+    )  # fmt: skip
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("backtrans: error: score.max_requests reached"), result.stderr[-2000:]
+    assert last.endswith("run the same command again to resume")
+    assert len(_assert_readable_console(result)) == 1  # the error line
 
 
 def test_bad_config_exits_2_naming_the_key(tmp_path):
