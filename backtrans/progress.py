@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
 import math
 import os
 import subprocess
@@ -236,13 +235,10 @@ def rows_total(config: JobConfig, folder, files) -> int | None:
     """Rows the output will hold when the run ends: the filtered segments of a web job, else the
     source's rows (Parquet footers, or the lines of JSON Lines files on this machine up to
     JSONL_COUNT_MAX_BYTES) with `source.limit` applied; None when that is not cheap to know."""
-    from backtrans.output import count_rows
-    from backtrans.segment_pass import ROWS_DIR
-
     limit = config.source.limit
     try:
         if config.segments is not None:
-            return count_rows(os.path.join(folder.segments, ROWS_DIR))
+            return folder.count_rows(folder.segment_rows)
         counted = _source_rows(files)
     except Exception:  # the total is a nicety: an unreadable footer leaves it unknown
         counted = None
@@ -277,10 +273,10 @@ def rows_written_before(folder) -> int:
     """Rows earlier runs committed: the ids in Ray Data's checkpoint, which this run skips."""
     import pyarrow.parquet as pq
 
-    committed = [p for p in glob.glob(os.path.join(folder.checkpoint, "*.parquet")) if ".pending." not in p]
     try:
-        return sum(pq.ParquetFile(path).metadata.num_rows for path in committed)
-    except Exception:
+        committed = [p for p in folder.files(folder.checkpoint, ".parquet") if ".pending." not in p]
+        return sum(pq.ParquetFile(folder.open(path)).metadata.num_rows for path in committed)
+    except Exception:  # the count is a nicety: an unreadable checkpoint shows 0 before this run
         return 0
 
 
