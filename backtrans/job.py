@@ -27,7 +27,7 @@ from backtrans.metrics import start_metrics
 from backtrans.output import PLOT_FILE, OutputFolder, write_rows
 from backtrans.pacing import budget_left
 from backtrans.plot import plot_scores
-from backtrans.prompts import BACKWARD, INSTRUCTION, SEGMENT, SELF_CURATION, load_template
+from backtrans.prompts import BACKWARD, INSTRUCTION, SEGMENT, SELF_CURATION, SELF_CURATION_JSON, load_template
 from backtrans.resources import IO_CPUS, configure_ray_data, map_blocks
 from backtrans.schema import ERROR, MESSAGES, ORIGIN, ORIGIN_SEED, ORIGIN_WEB, SCORE, SCORE_PREV, BacktransError
 from backtrans.segments.filter_pass import filter_counts, read_segments, write_segments
@@ -75,6 +75,8 @@ def _template_path(name: str, stage: StageConfig) -> str:
         return stage.template
     if name == "augment" and stage.prompt == "bare":
         return str(SEGMENT)
+    if name == "score" and stage.method == "json":
+        return str(SELF_CURATION_JSON)
     return str(DEFAULT_TEMPLATES[name])
 
 

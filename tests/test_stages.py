@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from backtrans.backends import Reply
-from backtrans.config import AugmentConfig, StageConfig
+from backtrans.config import AugmentConfig, ScoreConfig, StageConfig
 from backtrans.endpoints import EndpointFailure
 from backtrans.metrics import StageCounts, StopReason
 from backtrans.pacing import BudgetExhausted
@@ -16,20 +16,23 @@ from backtrans.stages import AugmentStage, GenerateStage, ScoreStage, StageSpec
 
 
 class FakeEndpoint:
-    """Answers each prompt with the next item of `replies` (a text, or an exception to raise)."""
+    """Answers each prompt with the next item of `replies` (a text, a Reply, or an exception to raise)."""
 
     def __init__(self, *replies):
         self.replies = list(replies)
-        self.prompts = []
+        self.prompts, self.options = [], []
         self.in_flight = 0
         self.closed = False
 
-    async def complete(self, prompt):
+    async def complete(self, prompt, options=None):
         self.prompts.append(prompt)
+        self.options.append(options)
         reply = self.replies.pop(0)
         if isinstance(reply, Exception):
             raise reply
-        return Reply(reply, prompt_tokens=10, completion_tokens=5, finish_reason="stop"), 1
+        if isinstance(reply, str):
+            reply = Reply(reply, prompt_tokens=10, completion_tokens=5, finish_reason="stop")
+        return reply, 1
 
     async def close(self):
         self.closed = True
@@ -49,7 +52,8 @@ class FakeSink:
         self.stops.append(reason)
 
 
-def _stage(cls, name, template, endpoint, config_cls=StageConfig, **config):
+def _stage(cls, name, template, endpoint, config_cls=None, **config):
+    config_cls = config_cls or (ScoreConfig if cls is ScoreStage else StageConfig)
     spec = StageSpec(name, config_cls(backend="openai", model="m-1", **config), None, str(template), "unused")
     sink = FakeSink()
     return cls(spec, endpoint=endpoint, metrics=sink), sink
@@ -122,7 +126,7 @@ def test_unparseable_score_keeps_the_raw_reply_and_is_reasked_only_when_configur
 
     raw = "Still no score." if reask else "I like it."
     assert out.drop_columns(["instruction", "generation"]).to_pylist() == [
-        {"score": None, "reason": raw, "scoring_model": "m-1",
+        {"score": None, "reason": raw, "scoring_model": "m-1", "score_expected": None, "score_probs": None,
          "error": {"stage": "score", "type": "unparseable_score",
                    "message": "the reply has no Score: 1-5 line; raw reply kept in reason", "attempts": 1}},
     ]  # fmt: skip
