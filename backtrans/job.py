@@ -319,7 +319,7 @@ def run_job(config: JobConfig, started: float | None = None) -> RunResult:
     compaction_seconds += _timed(finish_compaction, folder)
     plotting = time.time()
     if contents.scores is not None:
-        folder.write_bytes(folder.plot, plot_scores(contents.scores, _simulated(config)))
+        folder.write_bytes(folder.plot, plot_scores(contents.scores, _simulated(config), contents.expected))
     phases = phases.model_copy(
         update={
             "stages": round(written - reading, 2),

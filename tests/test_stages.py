@@ -247,8 +247,8 @@ def test_invalid_verdict_keeps_the_raw_reply_and_is_reasked_only_when_configured
         assert (rows[0]["score"], rows[0]["reason"], rows[0]["error"]) == (4, "ok", None)
     else:
         assert (rows[0]["score"], rows[0]["reason"]) == (None, "Score: 4")
-        assert rows[0]["error"] == {"stage": "score", "type": "invalid_verdict", "attempts": 1,
-            "message": "the reply is not a {reason, score} verdict under the JSON schema; raw reply kept in reason"}  # fmt: skip
+        message = "the reply is not a {reason, score} verdict under the JSON schema; raw reply kept in reason"
+        assert rows[0]["error"] == {"stage": "score", "type": "invalid_verdict", "attempts": 1, "message": message}
     assert len(endpoint.prompts) == requests and sink.counts[0][1].requests == requests
 
 
@@ -258,6 +258,6 @@ def test_a_reply_cut_at_the_token_limit_is_truncated_and_not_reasked(method):
     rows, sink = _score(FakeEndpoint(cut), method, reask_unparseable=True)
 
     assert (rows[0]["score"], rows[0]["reason"]) == (None, '{"reason": "Good')
-    assert rows[0]["error"] == {"stage": "score", "type": "truncated", "attempts": 1,
-                                "message": "the reply was cut at the token limit; raise generation_kwargs.max_new_tokens"}  # fmt: skip
+    message = "the reply was cut at the token limit; raise generation_kwargs.max_new_tokens"
+    assert rows[0]["error"] == {"stage": "score", "type": "truncated", "attempts": 1, "message": message}
     assert sink.counts[0][1].failures == Counter({"truncated": 1}) and sink.counts[0][1].requests == 1
