@@ -72,6 +72,31 @@ def _score_table(scores: dict | None) -> str:
     return "\n".join(lines)
 
 
+def _unscored_table(summary: RunSummary) -> str:
+    """The share of this run's pairs the judge left without a score, by cause."""
+    if not summary.unscored or "score" not in summary.stages:
+        return ""
+    rows = summary.stages["score"].rows
+    lines = ["Pairs without a score (this run), by cause:\n", "| cause | pairs | share |", "|---|---|---|"]
+    lines += [f"| {cause} | {count} | {count / rows:.1%} |" for cause, count in summary.unscored.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _expected_table(expected: dict | None) -> str:
+    if expected is None:
+        return ""
+    lines = ["`score_expected`, the probability-weighted score (`score.method: logprobs`):\n"]
+    lines += ["| score_expected | rows |", "|---|---|"] + [f"| {band} | {count} |" for band, count in expected.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _rule(threshold) -> str:
+    if isinstance(threshold, int):
+        return f"score >= {threshold}"
+    bounds = [("score", threshold.min_score), ("score_expected", threshold.min_expected)]
+    return " and ".join(f"{column} >= {bound}" for column, bound in bounds if bound is not None)
+
+
 def _filter_table(segments: dict | None) -> str:
     if segments is None:
         return ""
@@ -92,8 +117,9 @@ def _subset_table(curated: CuratedSummary | None, repo_name: str) -> str:
     header = "| config | rows | rule |" + (" entered | left |" if moves else "")
     lines = ["## Curated subsets\n", header, "|---|---|---|" + ("---|---|" if moves else "")]
     for name, rows in sizes.items():
-        line = f"| `{name}` | {rows} | score >= {thresholds[name]} |"
-        lines.append(line + (f" {moves[name]['entered']} | {moves[name]['left']} |" if moves else ""))
+        line = f"| `{name}` | {rows} | {_rule(thresholds[name])} |"
+        moved = moves.get(name, {"entered": "-", "left": "-"}) if moves else None  # "-": a score_expected rule
+        lines.append(line + (f" {moved['entered']} | {moved['left']} |" if moved else ""))
     if moves:
         lines.append("\nEntered / left: pairs that moved into or out of the subset against `score_prev`.")
     if curated.seed:
@@ -118,6 +144,8 @@ def render_card(summary: RunSummary, repo_id: str | None, scoring_prompt: str) -
         _column_table(summary) if summary.columns else "",
         "## Scores\n",
         _score_table(summary.scores) + "\n",
+        _unscored_table(summary),
+        _expected_table(summary.score_expected),
         f"![Score distribution]({PLOT_FILE})\n" if summary.plot else "",
         _subset_table(summary.curated, name),
         _filter_table(summary.segments),

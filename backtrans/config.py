@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from backtrans.schema import ROW_HASH, BacktransError
+from backtrans.schema import ROW_HASH, SCORE_EXPECTED, SCORE_PROBS, BacktransError
 
 DEFAULT_COLUMNS = ["instruction", "generation", "generation_model", "score", "reason", "scoring_model"]
 
@@ -85,7 +85,8 @@ class StageConfig(_Strict):
     failure_window: int = _field(50, "the stage is down when `failure_threshold` of its last N attempts failed: "
                                  "the job stops instead of writing a failure for every row", ge=1)  # fmt: skip
     failure_threshold: float = _field(0.8, "see `failure_window`", gt=0, le=1)
-    reask_unparseable: bool = _field(False, "`score`: ask once more when the reply has no parseable `Score:` line")
+    reask_unparseable: bool = _field(False, "`score`: ask once more when the reply has no parseable `Score:` line "
+                                     "(`method: json`: no valid verdict)")  # fmt: skip
     timeout_s: float = _field(120, "per request, in seconds", gt=0)
     max_retries: int = _field(
         6, "retries of 408/409/429/5xx, timeouts, dropped connections and malformed bodies, with backoff and "
@@ -172,12 +173,40 @@ class AugmentConfig(StageConfig):
     max_instruction_chars: int = _field(1_000, "a longer written instruction is a row failure", ge=1)
 
 
+class ScoreConfig(StageConfig):
+    """The self-curation judge: a stage, and how its verdict is read."""
+
+    method: Literal["parse", "logprobs", "json"] = _field(
+        "parse", "`parse`: the paper's prompt, the reply's last `Score: N` line; `logprobs`: the probabilities of "
+        "1-5 at that score token (`score_expected`, `score_probs`); `json`: a structured `{reason, score}` verdict"
+    )  # fmt: skip
+
+
+class SubsetRule(_Strict):
+    """A curated subset's rule: rows scored at least `min_score` and/or expected at least `min_expected`."""
+
+    min_score: int | None = _field(None, "lowest `score` kept", ge=1, le=5)
+    min_expected: float | None = _field(None, "lowest `score_expected` kept (`score.method: logprobs`)", ge=1, le=5)
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> SubsetRule:
+        if self.min_score is None and self.min_expected is None:
+            raise ValueError("a subset rule needs min_score or min_expected")
+        return self
+
+
+def subset_rule(value: int | SubsetRule) -> SubsetRule:
+    """A `curation.subsets` value as a rule: `name: 4` is `name: {min_score: 4}`."""
+    return SubsetRule(min_score=value) if isinstance(value, int) else value
+
+
 class CurationConfig(_Strict):
     """The curated training sets published beside `all`, and what is mixed into them."""
 
-    subsets: dict[str, int] = _field(
+    subsets: dict[str, int | SubsetRule] = _field(
         lambda: {"a4": 4, "a5": 5},
-        "curated dataset configs: name -> minimum score (the paper's A4: score >= 4, A5: score = 5)",
+        "curated dataset configs: name -> minimum score (the paper's A4: score >= 4, A5: score = 5), or name -> "
+        "`{min_score: N, min_expected: X}` (`score_expected` needs `score.method: logprobs`)",
     )
     seed: SourceConfig | None = _field(
         None, "a source of seed pairs (`instruction`, `generation` after `rename`) mixed into every subset with the "
@@ -186,11 +215,11 @@ class CurationConfig(_Strict):
 
     @field_validator("subsets")
     @classmethod
-    def _names_and_thresholds(cls, subsets: dict[str, int]) -> dict[str, int]:
+    def _names_and_thresholds(cls, subsets: dict[str, int | SubsetRule]) -> dict[str, int | SubsetRule]:
         for name, threshold in subsets.items():
             if not name.replace("_", "").replace("-", "").isalnum() or name == "all":
                 raise ValueError(f"subset name {name!r}: use letters, digits, - or _, and not 'all'")
-            if not 1 <= threshold <= 5:
+            if isinstance(threshold, int) and not 1 <= threshold <= 5:
                 raise ValueError(f"subset {name!r}: minimum score {threshold} is not between 1 and 5")
         return subsets
 
@@ -255,7 +284,7 @@ class JobConfig(_Strict):
         None, "optional stage that writes a response for each instruction; omit it when the input already has "
         "`generation`"
     )  # fmt: skip
-    score: StageConfig = _field(description="the self-curation judge")
+    score: ScoreConfig = _field(description="the self-curation judge")
     curation: CurationConfig = _field(CurationConfig, "the curated subsets")
     output: OutputConfig = _field(OutputConfig, "where and how the rows are written")
     hub: HubConfig = _field(HubConfig, "the Hub push")
@@ -269,6 +298,14 @@ class JobConfig(_Strict):
             )
         if self.segments is not None and self.augment is None:
             raise ValueError("segments: the filtered segments are for the augment stage; add an augment section")
+        if self.score.method == "logprobs" and "columns" not in self.output.model_fields_set:
+            self.output.columns = [*self.output.columns, SCORE_EXPECTED, SCORE_PROBS]  # the default columns
+        by_expected = [name for name, rule in self.curation.subsets.items() if subset_rule(rule).min_expected]
+        if by_expected and SCORE_EXPECTED not in self.output.columns:
+            raise ValueError(
+                f"curation.subsets.{by_expected[0]}: min_expected reads {SCORE_EXPECTED}, which needs "
+                f"score.method logprobs and {SCORE_EXPECTED} in output.columns"
+            )
         return self
 
 
@@ -340,6 +377,8 @@ _SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("segments", SegmentsConfig),
     ("augment", AugmentConfig),
     ("curation", CurationConfig),
+    ("curation.subsets.NAME", SubsetRule),
+    ("score", ScoreConfig),
     ("STAGE", StageConfig),
     ("STAGE.price", PriceConfig),
     ("output", OutputConfig),
@@ -363,7 +402,7 @@ def config_reference() -> str:
     for name in ("segments", "augment", "generate"):
         rows.append(f"| `{name}` | absent | {JobConfig.model_fields[name].description} |")
     for prefix, model in _SECTIONS:
-        inherited = StageConfig.model_fields if model is AugmentConfig else {}
+        inherited = StageConfig.model_fields if model in (AugmentConfig, ScoreConfig) else {}
         for key, field in model.model_fields.items():
             if key not in inherited:
                 rows.append(f"| `{prefix}.{key}` | {_shown_default(field)} | {field.description} |")

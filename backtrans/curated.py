@@ -1,6 +1,7 @@
 """The curated training sets (the paper's A4 and A5), each row's origin, and the chat-format `messages` export.
 
-Each subset of `curation.subsets` is the rows of `data/` scored at least its threshold, written by
+Each subset of `curation.subsets` is the rows of `data/` scored at least its threshold (`score`, and
+or `score_expected` for a `{min_score, min_expected}` rule), written by
 Ray Data to `curated/NAME/`, so the Hub shows it as a dataset config beside `all`. Seed pairs from
 `curation.seed` are added to every subset with the paper's seed tag (its section 3: the model is
 fine-tuned on curated augmented data and seed data, each marked by a system prompt).
@@ -17,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from backtrans.config import CurationConfig
+from backtrans.config import CurationConfig, SubsetRule, subset_rule
 from backtrans.output import OutputFolder, write_parquet
 from backtrans.resources import AFTER_STAGES_CPUS, map_blocks
 from backtrans.schema import (
@@ -30,6 +31,7 @@ from backtrans.schema import (
     ORIGIN_WEB,
     OUTPUT_TYPES,
     SCORE,
+    SCORE_EXPECTED,
     SCORE_PREV,
 )
 from backtrans.sources import read_source
@@ -78,8 +80,18 @@ def add_messages(batch: pa.Table) -> pa.Table:
     return batch.append_column(MESSAGES, messages)
 
 
-def _scored_at_least(batch: pa.Table, min_score: int) -> pa.Table:
-    return batch.filter(pc.fill_null(pc.greater_equal(batch[SCORE], min_score), False))
+def _kept(batch: pa.Table | pa.RecordBatch, rule: SubsetRule, score: str = SCORE) -> pa.Array:
+    """Which rows `rule` keeps (a null score keeps none); `score`: the column its min_score reads."""
+    kept = pa.array([True] * len(batch))
+    if rule.min_score is not None:
+        kept = pc.and_(kept, pc.greater_equal(batch.column(score), rule.min_score))
+    if rule.min_expected is not None:
+        kept = pc.and_(kept, pc.greater_equal(batch.column(SCORE_EXPECTED), rule.min_expected))
+    return pc.fill_null(kept, False)
+
+
+def _scored_at_least(batch: pa.Table, rule: SubsetRule) -> pa.Table:
+    return batch.filter(_kept(batch, rule))
 
 
 def _as_subset_rows(batch: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -93,10 +105,10 @@ def _as_subset_rows(batch: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def _write_subset(
-    folder: OutputFolder, name: str, min_score: int, seed: ray.data.Dataset | None, schema: pa.Schema, min_rows: int
+    folder: OutputFolder, name: str, rule: SubsetRule, seed: ray.data.Dataset | None, schema: pa.Schema, min_rows: int
 ) -> int:
     target = folder.curated(name)
-    rows = map_blocks(folder.read_written(folder.data), _scored_at_least, min_score, num_cpus=AFTER_STAGES_CPUS)
+    rows = map_blocks(folder.read_written(folder.data), _scored_at_least, rule, num_cpus=AFTER_STAGES_CPUS)
     if seed is not None:
         rows = rows.union(seed)
     write_parquet(rows, folder, target, min_rows, schema_if_empty=schema)
@@ -116,26 +128,33 @@ def write_subsets(folder: OutputFolder, curation: CurationConfig, min_rows_per_f
     folder.delete_dir(folder.curated_root)
     with ThreadPoolExecutor(max_workers=len(curation.subsets)) as pool:
         sizes = {
-            name: pool.submit(_write_subset, folder, name, min_score, seed, schema, min_rows_per_file)
-            for name, min_score in curation.subsets.items()
+            name: pool.submit(_write_subset, folder, name, subset_rule(rule), seed, schema, min_rows_per_file)
+            for name, rule in curation.subsets.items()
         }
         return {name: size.result() for name, size in sizes.items()}
 
 
-def _moves(batch: pa.RecordBatch, subsets: dict[str, int]) -> dict[str, tuple[int, int]]:
+def _by_score(subsets: dict[str, int | SubsetRule]) -> dict[str, SubsetRule]:
+    """The subsets whose rule reads `score` alone: the earlier output kept no `score_expected` to compare."""
+    rules = {name: subset_rule(rule) for name, rule in subsets.items()}
+    return {name: rule for name, rule in rules.items() if rule.min_expected is None}
+
+
+def _moves(batch: pa.RecordBatch, subsets: dict[str, SubsetRule]) -> dict[str, tuple[int, int]]:
     """Per subset: (rows that entered it, rows that left it) in this batch."""
     moves = {}
-    for name, min_score in subsets.items():
-        now = pc.fill_null(pc.greater_equal(batch.column(SCORE), min_score), False)
-        before = pc.fill_null(pc.greater_equal(batch.column(SCORE_PREV), min_score), False)
+    for name, rule in subsets.items():
+        now, before = _kept(batch, rule), _kept(batch, rule, SCORE_PREV)
         entered = pc.sum(pc.and_(now, pc.invert(before))).as_py() or 0
         left = pc.sum(pc.and_(before, pc.invert(now))).as_py() or 0
         moves[name] = (entered, left)
     return moves
 
 
-def subset_moves(folder: OutputFolder, subsets: dict[str, int]) -> dict[str, dict[str, int]]:
-    """For a re-scored output (`score_prev` kept): how many pairs entered and left each subset."""
+def subset_moves(folder: OutputFolder, subsets: dict[str, int | SubsetRule]) -> dict[str, dict[str, int]]:
+    """For a re-scored output (`score_prev` kept): how many pairs entered and left each subset that
+    selects on `score` alone."""
+    subsets = _by_score(subsets)
     moves = {name: {"entered": 0, "left": 0} for name in subsets}
     for batch in folder.scan_columns(folder.data, [SCORE, SCORE_PREV]):
         for name, (entered, left) in _moves(batch, subsets).items():

@@ -23,7 +23,7 @@ from backtrans.pacing import Gate
 from backtrans.schema import BacktransError
 
 if TYPE_CHECKING:
-    from backtrans.backends.base import Client, Reply
+    from backtrans.backends.base import Client, Reply, RequestOptions
     from backtrans.config import StageConfig
 
 RETRYABLE_STATUS = {408, 409, 429}
@@ -72,7 +72,7 @@ class ChatEndpoint:
     async def close(self) -> None:
         await self.client.close()
 
-    async def complete(self, prompt: str) -> tuple[Reply, int]:
+    async def complete(self, prompt: str, options: RequestOptions | None = None) -> tuple[Reply, int]:
         """The reply and the number of attempts it took; EndpointFailure when retries are spent."""
         attempt = 0
         while True:
@@ -81,7 +81,7 @@ class ChatEndpoint:
             async with self.gate.attempt() as outcome:
                 self.in_flight += 1
                 try:
-                    reply = await self.client.send(prompt)
+                    reply = await self.client.send(prompt, options)
                 except Exception as error:  # every client error is classified, none escapes unrecorded
                     failed = self.client.classify(error)
                     outcome.failure, outcome.pushed_back = failed.error_type, failed.error_type == "http_429"

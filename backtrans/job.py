@@ -28,7 +28,7 @@ from backtrans.output import PLOT_FILE, OutputFolder, write_rows
 from backtrans.pacing import budget_left
 from backtrans.plot import plot_scores
 from backtrans.progress import show_progress
-from backtrans.prompts import BACKWARD, INSTRUCTION, SEGMENT, SELF_CURATION, load_template
+from backtrans.prompts import BACKWARD, INSTRUCTION, SEGMENT, SELF_CURATION, SELF_CURATION_JSON, load_template
 from backtrans.resources import IO_CPUS, configure_ray_data, map_blocks
 from backtrans.schema import ERROR, MESSAGES, ORIGIN, ORIGIN_SEED, ORIGIN_WEB, SCORE, SCORE_PREV, BacktransError
 from backtrans.segments.filter_pass import filter_counts, read_segments, write_segments
@@ -76,6 +76,8 @@ def _template_path(name: str, stage: StageConfig) -> str:
         return stage.template
     if name == "augment" and stage.prompt == "bare":
         return str(SEGMENT)
+    if name == "score" and stage.method == "json":
+        return str(SELF_CURATION_JSON)
     return str(DEFAULT_TEMPLATES[name])
 
 
@@ -319,7 +321,7 @@ def run_job(config: JobConfig, started: float | None = None) -> RunResult:
     compaction_seconds += _timed(finish_compaction, folder)
     plotting = time.time()
     if contents.scores is not None:
-        folder.write_bytes(folder.plot, plot_scores(contents.scores, _simulated(config)))
+        folder.write_bytes(folder.plot, plot_scores(contents.scores, _simulated(config), contents.expected))
     phases = phases.model_copy(
         update={
             "stages": round(written - reading, 2),

@@ -23,6 +23,8 @@ GENERATION = "generation"
 GENERATION_MODEL = "generation_model"
 INSTRUCTION_MODEL = "instruction_model"
 SCORE = "score"
+SCORE_EXPECTED = "score_expected"  # score.method logprobs: the probability-weighted mean of 1..5
+SCORE_PROBS = "score_probs"  # ... and the five probabilities
 REASON = "reason"
 SCORING_MODEL = "scoring_model"
 SCORE_PREV = "score_prev"  # a re-scoring run renames the earlier output's score to this
@@ -52,6 +54,8 @@ OUTPUT_TYPES: dict[str, pa.DataType] = {
     GENERATION_MODEL: pa.string(),
     INSTRUCTION_MODEL: pa.string(),
     SCORE: pa.int64(),
+    SCORE_EXPECTED: pa.float64(),
+    SCORE_PROBS: pa.list_(pa.float64()),
     REASON: pa.string(),
     SCORING_MODEL: pa.string(),
     SCORE_PREV: pa.int64(),

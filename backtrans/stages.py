@@ -23,12 +23,12 @@ from typing import Protocol
 import pyarrow as pa
 
 from backtrans import schema
-from backtrans.backends import Reply, backend_for
+from backtrans.backends import Reply, RequestOptions, backend_for
 from backtrans.config import StageConfig
 from backtrans.endpoints import ChatEndpoint, EndpointFailure
 from backtrans.errors import one_line
 from backtrans.metrics import StageCounts, StopReason
-from backtrans.parse import parse_verdict
+from backtrans.parse import VERDICT_SCHEMA, json_verdict, parse_verdict, score_distribution
 from backtrans.prompts import load_template, render
 from backtrans.schema import BacktransError
 
@@ -96,6 +96,7 @@ class LLMStage:
 
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()  # output columns; their types are schema.OUTPUT_TYPES'
+    request_options: RequestOptions | None = None  # what every request asks beyond the prompt
 
     def __init__(self, spec: StageSpec, endpoint: ChatEndpoint | None = None, metrics: MetricsSink | None = None):
         self.spec = spec
@@ -163,7 +164,7 @@ class LLMStage:
 
     async def _ask(self, prompt: str, counts: StageCounts) -> Reply:
         try:
-            reply, attempts = await self.endpoint.complete(prompt)
+            reply, attempts = await self.endpoint.complete(prompt, self.request_options)
         except EndpointFailure as error:
             counts.requests += error.attempts
             counts.retries += error.attempts - 1
@@ -268,23 +269,65 @@ def instruction_problem(instruction: str, segment: str, max_chars: int) -> RowFa
     return None
 
 
+# score.method logprobs: the most alternatives OpenAI returns, and vLLM's default limit.
+TOP_LOGPROBS = 20
+SCORE_OPTIONS = {
+    "parse": None,
+    "logprobs": RequestOptions(top_logprobs=TOP_LOGPROBS),
+    "json": RequestOptions(json_schema=VERDICT_SCHEMA),
+}
+REASKED = ("unparseable_score", "invalid_verdict")  # what a second ask may fix; a truncation would recur
+
+
+class NoLogprobs(BacktransError):
+    """score.method logprobs against a server that returns none: every row would silently fall back to
+    parsing, so the run stops at the first reply instead."""
+
+
 class ScoreStage(LLMStage):
-    """Rates each (instruction, generation) pair with the self-curation prompt; parses score and reason."""
+    """Rates each (instruction, generation) pair with the self-curation prompt and reads the verdict
+    the way `score.method` says: the reply's text, the probabilities at its score token, or JSON."""
 
     inputs = (schema.INSTRUCTION, schema.GENERATION)
-    outputs = (schema.SCORE, schema.REASON, schema.SCORING_MODEL)
+    outputs = (schema.SCORE, schema.REASON, schema.SCORING_MODEL, schema.SCORE_EXPECTED, schema.SCORE_PROBS)
+
+    @property
+    def request_options(self) -> RequestOptions | None:
+        return SCORE_OPTIONS[self.spec.config.method]
 
     def format_output(self, reply: Reply, row: Mapping[str, str]) -> dict | RowFailure:
+        method = self.spec.config.method
+        raw = dict.fromkeys(self.outputs) | {schema.REASON: reply.text, schema.SCORING_MODEL: self.spec.config.model}
+        if reply.finish_reason == "length":
+            message = "the reply was cut at the token limit; raise generation_kwargs.max_new_tokens"
+            return RowFailure("truncated", message, 1, keep=raw)
+        if method == "json":
+            verdict = json_verdict(reply.text)
+            if verdict is None:
+                message = "the reply is not a {reason, score} verdict under the JSON schema; raw reply kept in reason"
+                return RowFailure("invalid_verdict", message, 1, keep=raw)
+            return {**raw, schema.SCORE: verdict.score, schema.REASON: verdict.reason}
         verdict = parse_verdict(reply.text)
-        model = self.spec.config.model
-        values = {schema.SCORE: verdict.score, schema.REASON: verdict.reason, schema.SCORING_MODEL: model}
-        if verdict.score is None:
+        values = {**raw, schema.SCORE: verdict.score, schema.REASON: verdict.reason}
+        if method == "logprobs":
+            if reply.logprobs is None:
+                where = self.spec.base_url or "the server"
+                raise NoLogprobs(
+                    f"score.method logprobs: {where} returned no logprobs; use a server that does (OpenAI, vLLM, TGI) "
+                    "or score.method parse or json"
+                )
+            probs = score_distribution(reply.logprobs)
+            if probs is not None:  # else: no score token, the text's score stands
+                values[schema.SCORE] = 1 + probs.index(max(probs))
+                values[schema.SCORE_EXPECTED] = sum((i + 1) * p for i, p in enumerate(probs))
+                values[schema.SCORE_PROBS] = list(probs)
+        if values[schema.SCORE] is None:
             message = "the reply has no Score: 1-5 line; raw reply kept in reason"
             return RowFailure("unparseable_score", message, 1, keep=values)
         return values
 
     async def _answer(self, row: Mapping[str, str], prompt: str, counts: StageCounts) -> dict | RowFailure:
         result = await super()._answer(row, prompt, counts)
-        if isinstance(result, RowFailure) and self.spec.config.reask_unparseable:
+        if isinstance(result, RowFailure) and result.type in REASKED and self.spec.config.reask_unparseable:
             return await super()._answer(row, prompt, counts)  # once: a judge that never scores costs 2x, not more
         return result

@@ -20,11 +20,16 @@ import pyarrow.compute as pc
 import ray
 from pydantic import BaseModel, ValidationError
 
-from backtrans.config import JobConfig
+from backtrans.config import JobConfig, SubsetRule
 from backtrans.metrics import RunSnapshot
 from backtrans.output import OutputFolder
 from backtrans.progress import spend
-from backtrans.schema import SCORE
+from backtrans.schema import SCORE, SCORE_EXPECTED
+
+# Why a pair has no score: the score stage's failure types under their own names, every failed
+# request (HTTP errors, timeouts, ...) as one `endpoint_failure`.
+UNSCORED_CAUSES = ("unparseable_score", "invalid_verdict", "truncated", "bad_input")
+EXPECTED_BIN = 0.5  # the width of the score_expected histogram's bins, from 1 to 5
 
 
 class StageSummary(BaseModel):
@@ -38,7 +43,7 @@ class StageSummary(BaseModel):
 
 
 class CuratedSummary(BaseModel):
-    thresholds: dict[str, int]  # subset -> minimum score
+    thresholds: dict[str, int | SubsetRule]  # subset -> minimum score, or its rule
     subsets: dict[str, int]  # subset -> rows
     seed: str | None  # the uri of `curation.seed`
     moves: dict[str, dict[str, int]] | None = None  # re-scoring: subset -> {entered, left}
@@ -77,7 +82,10 @@ class RunSummary(BaseModel):
     complete: bool
     rows: int
     scores: dict[str, int] | None  # "1".."5" and "null" -> rows; None when `score` is not kept
+    # "1.0-1.5" .. "4.5-5.0" and "null" -> rows; None when `score_expected` is not kept
+    score_expected: dict[str, int] | None = None
     failures_this_run: dict[str, dict[str, int]]  # stage -> failure type -> rows
+    unscored: dict[str, int] = {}  # pairs the score stage left without a score this run, by cause
     skipped_lines_this_run: int  # JSONL lines under bad_lines: skip
     stages: dict[str, StageSummary]
     spent: dict[str, Spent] = {}  # stage -> requests and tokens over every run of this output
@@ -113,6 +121,7 @@ class Contents:
     rows: int
     scores: dict[str, int] | None
     columns: list[Column]
+    expected: dict[str, int] | None = None  # the score_expected histogram, when data/ has the column
 
 
 def _feature(arrow_type: pa.DataType) -> dict[str, Any]:
@@ -140,15 +149,38 @@ def score_histogram(folder: OutputFolder) -> dict[str, int]:
     return histogram
 
 
+def expected_histogram(folder: OutputFolder) -> dict[str, int]:
+    edges = [1 + EXPECTED_BIN * i for i in range(int(4 / EXPECTED_BIN) + 1)]
+    labels = [f"{low:.1f}-{high:.1f}" for low, high in zip(edges, edges[1:], strict=False)]
+    histogram = dict.fromkeys(labels, 0) | {"null": 0}
+    for batch in folder.scan_columns(folder.data, [SCORE_EXPECTED]):
+        for value in batch.column(SCORE_EXPECTED).to_pylist():
+            label = "null" if value is None else labels[min(int((value - 1) / EXPECTED_BIN), len(labels) - 1)]
+            histogram[label] += 1
+    return histogram
+
+
 def read_contents(folder: OutputFolder, scored: bool) -> Contents:
-    """Rows, the score histogram (when `scored`: the output keeps `score`) and columns of `data/`."""
+    """Rows, the score histogram (when `scored`: the output keeps `score`), the score_expected one (when
+    it is kept) and columns of `data/`."""
     if not folder.parquet_files(folder.data):
         return Contents(0, None, [])
     columns = columns_of(folder.schema(folder.data))
+    expected = expected_histogram(folder) if any(column.name == SCORE_EXPECTED for column in columns) else None
     if scored:
         scores = score_histogram(folder)
-        return Contents(sum(scores.values()), scores, columns)
-    return Contents(folder.count_rows(folder.data), None, columns)
+        return Contents(sum(scores.values()), scores, columns, expected)
+    return Contents(folder.count_rows(folder.data), None, columns, expected)
+
+
+def unscored(snapshot: RunSnapshot) -> dict[str, int]:
+    """This run's pairs without a score, by cause (`UNSCORED_CAUSES`, else `endpoint_failure`)."""
+    causes: dict[str, int] = {}
+    counts = snapshot.stages.get("score")
+    for failure, rows in (counts.failures if counts else {}).items():
+        cause = failure if failure in UNSCORED_CAUSES else "endpoint_failure"
+        causes[cause] = causes.get(cause, 0) + rows
+    return causes
 
 
 def _spent(config: JobConfig, snapshot: RunSnapshot, spent_before: dict[str, Spent]) -> dict[str, Spent]:
@@ -192,7 +224,9 @@ def build_summary(
         complete=stop is None,
         rows=contents.rows,
         scores=contents.scores,
+        score_expected=contents.expected,
         failures_this_run={stage: dict(counts.failures) for stage, counts in snapshot.stages.items()},
+        unscored=unscored(snapshot),
         skipped_lines_this_run=snapshot.skipped_lines,
         stages={
             name: StageSummary(

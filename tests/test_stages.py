@@ -1,35 +1,41 @@
 """The stages without Ray or a server: a fake endpoint answers, a fake sink collects what they report."""
 
 import asyncio
+import math
 from collections import Counter
 
 import pyarrow as pa
 import pytest
 
-from backtrans.backends import Reply
-from backtrans.config import AugmentConfig, StageConfig
+from backtrans.backends import Reply, RequestOptions
+from backtrans.backends.base import TokenLogprobs
+from backtrans.config import AugmentConfig, ScoreConfig, StageConfig
 from backtrans.endpoints import EndpointFailure
 from backtrans.metrics import StageCounts, StopReason
 from backtrans.pacing import BudgetExhausted
-from backtrans.prompts import BACKWARD, INSTRUCTION, SELF_CURATION
-from backtrans.stages import AugmentStage, GenerateStage, ScoreStage, StageSpec
+from backtrans.parse import VERDICT_SCHEMA, json_verdict, score_distribution
+from backtrans.prompts import BACKWARD, INSTRUCTION, SELF_CURATION, SELF_CURATION_JSON
+from backtrans.stages import AugmentStage, GenerateStage, NoLogprobs, ScoreStage, StageSpec
 
 
 class FakeEndpoint:
-    """Answers each prompt with the next item of `replies` (a text, or an exception to raise)."""
+    """Answers each prompt with the next item of `replies` (a text, a Reply, or an exception to raise)."""
 
     def __init__(self, *replies):
         self.replies = list(replies)
-        self.prompts = []
+        self.prompts, self.options = [], []
         self.in_flight = 0
         self.closed = False
 
-    async def complete(self, prompt):
+    async def complete(self, prompt, options=None):
         self.prompts.append(prompt)
+        self.options.append(options)
         reply = self.replies.pop(0)
         if isinstance(reply, Exception):
             raise reply
-        return Reply(reply, prompt_tokens=10, completion_tokens=5, finish_reason="stop"), 1
+        if isinstance(reply, str):
+            reply = Reply(reply, prompt_tokens=10, completion_tokens=5, finish_reason="stop")
+        return reply, 1
 
     async def close(self):
         self.closed = True
@@ -49,7 +55,8 @@ class FakeSink:
         self.stops.append(reason)
 
 
-def _stage(cls, name, template, endpoint, config_cls=StageConfig, **config):
+def _stage(cls, name, template, endpoint, config_cls=None, **config):
+    config_cls = config_cls or (ScoreConfig if cls is ScoreStage else StageConfig)
     spec = StageSpec(name, config_cls(backend="openai", model="m-1", **config), None, str(template), "unused")
     sink = FakeSink()
     return cls(spec, endpoint=endpoint, metrics=sink), sink
@@ -122,7 +129,7 @@ def test_unparseable_score_keeps_the_raw_reply_and_is_reasked_only_when_configur
 
     raw = "Still no score." if reask else "I like it."
     assert out.drop_columns(["instruction", "generation"]).to_pylist() == [
-        {"score": None, "reason": raw, "scoring_model": "m-1",
+        {"score": None, "reason": raw, "scoring_model": "m-1", "score_expected": None, "score_probs": None,
          "error": {"stage": "score", "type": "unparseable_score",
                    "message": "the reply has no Score: 1-5 line; raw reply kept in reason", "attempts": 1}},
     ]  # fmt: skip
@@ -154,3 +161,103 @@ def test_a_stop_is_recorded_in_the_metrics_before_it_is_raised():
         StopReason("score", "BudgetExhausted", "score.max_requests reached (4 requests in this actor)", True)
     ]
     assert sink.counts == []
+
+
+def _logprob_reply(tokens, finish_reason="stop"):
+    """A Reply whose text is the tokens joined; each token is (text, {alternative: probability})."""
+    entries = tuple(TokenLogprobs(text, {alt: math.log(p) for alt, p in top.items()}) for text, top in tokens)
+    return Reply("".join(text for text, _ in tokens), 10, 5, finish_reason, entries)
+
+
+def _score(endpoint, method, **config):
+    template = SELF_CURATION_JSON if method == "json" else SELF_CURATION
+    stage, sink = _stage(ScoreStage, "score", template, endpoint, method=method, **config)
+    out = _run(stage, pa.table({"instruction": ["q"], "generation": ["a"]}))
+    return out.drop_columns(["instruction", "generation"]).to_pylist(), sink
+
+
+def test_logprobs_reads_the_distribution_at_the_last_score_token_renormalised():
+    sure = {"x": 1.0}
+    reply = _logprob_reply([
+        ("Score", sure), (":", sure), (" 2", {" 2": 1.0}), (" is", sure), (" too", sure), (" low", sure),
+        (".\n", sure), ("Score", sure), (":", sure), (" ", sure),
+        ("4", {"4": 0.5, "5": 0.2, " 3": 0.1, "N/A": 0.2}),  # " 3": the space folded into the digit
+    ])  # fmt: skip
+    endpoint = FakeEndpoint(reply)
+    [row], _ = _score(endpoint, "logprobs")
+
+    assert endpoint.options == [RequestOptions(top_logprobs=20)]
+    assert row["score"] == 4 and row["reason"] == "Score: 2 is too low."
+    assert row["score_probs"] == pytest.approx([0.0, 0.0, 0.125, 0.625, 0.25], abs=1e-12)
+    assert row["score_expected"] == pytest.approx(3 * 0.125 + 4 * 0.625 + 5 * 0.25, abs=1e-12)
+    assert row["error"] is None
+
+
+def test_score_distribution_without_a_score_token_is_none():
+    sure = {"x": 1.0}
+    no_line = _logprob_reply([("Fine", sure), (".", sure)])
+    no_digit = _logprob_reply([("Score", sure), (": ", sure), ("4", {"four": 0.9, "IV": 0.1})])
+    out_of_range = _logprob_reply([("Score", sure), (": ", sure), ("8", {"8": 1.0}), ("/10", sure)])
+    assert [score_distribution(reply.logprobs) for reply in (no_line, no_digit, out_of_range)] == [None] * 3
+
+
+def test_logprobs_falls_back_to_parsing_a_reply_without_a_score_token():
+    sure = {"x": 1.0}
+    parsed = _logprob_reply([("Good", sure), (".\nScore: ", sure), ("3", {"three": 1.0})])
+    unparseable = _logprob_reply([("No", sure), (" verdict", sure)])
+    [row], _ = _score(FakeEndpoint(parsed), "logprobs")
+    assert (row["score"], row["score_expected"], row["score_probs"], row["error"]) == (3, None, None, None)
+    [row], _ = _score(FakeEndpoint(unparseable), "logprobs")
+    assert (row["score"], row["reason"], row["error"]["type"]) == (None, "No verdict", "unparseable_score")
+
+
+def test_logprobs_against_a_server_that_returns_none_stops_the_run_naming_the_key():
+    endpoint = FakeEndpoint("Good.\nScore: 4")  # a plain reply: no logprobs at all
+    stage, sink = _stage(ScoreStage, "score", SELF_CURATION, endpoint, method="logprobs")
+    with pytest.raises(NoLogprobs, match=r"^score\.method logprobs: the server returned no logprobs; "):
+        _run(stage, pa.table({"instruction": ["q"], "generation": ["a"]}))
+    assert [(stop.stage, stop.kind, stop.resumable) for stop in sink.stops] == [("score", "NoLogprobs", False)]
+
+
+def test_json_verdict_reads_reason_and_score_and_asks_with_the_schema():
+    endpoint = FakeEndpoint('{"reason": "Complete and expert.", "score": 5}')
+    [row], _ = _score(endpoint, "json")
+
+    assert row == {"score": 5, "reason": "Complete and expert.", "scoring_model": "m-1", "score_expected": None,
+                   "score_probs": None, "error": None}  # fmt: skip
+    assert endpoint.options == [RequestOptions(json_schema=VERDICT_SCHEMA)]
+    assert endpoint.prompts[0].endswith('as in {"reason": "<reasoning>", "score": <rating>}.\n\nq\na\n')
+
+
+@pytest.mark.parametrize(
+    "reply",
+    ['{"reason": "ok", "score": 7}', '{"reason": "ok", "score": "4"}', '{"reason": "ok", "score": true}',
+     '{"score": 4}', '{"reason": "ok", "score": 4, "extra": 1}', "Score: 4", "[4]"],
+)  # fmt: skip
+def test_json_verdict_refuses_what_the_schema_does_not_allow(reply):
+    assert json_verdict(reply) is None
+
+
+@pytest.mark.parametrize(("reask", "requests"), [(False, 1), (True, 2)])
+def test_invalid_verdict_keeps_the_raw_reply_and_is_reasked_only_when_configured(reask, requests):
+    endpoint = FakeEndpoint("Score: 4", '{"reason": "ok", "score": 4}')
+    rows, sink = _score(endpoint, "json", reask_unparseable=reask)
+
+    if reask:
+        assert (rows[0]["score"], rows[0]["reason"], rows[0]["error"]) == (4, "ok", None)
+    else:
+        assert (rows[0]["score"], rows[0]["reason"]) == (None, "Score: 4")
+        message = "the reply is not a {reason, score} verdict under the JSON schema; raw reply kept in reason"
+        assert rows[0]["error"] == {"stage": "score", "type": "invalid_verdict", "attempts": 1, "message": message}
+    assert len(endpoint.prompts) == requests and sink.counts[0][1].requests == requests
+
+
+@pytest.mark.parametrize("method", ["parse", "logprobs", "json"])
+def test_a_reply_cut_at_the_token_limit_is_truncated_and_not_reasked(method):
+    cut = _logprob_reply([('{"reason": "Good', {"x": 1.0})], finish_reason="length")
+    rows, sink = _score(FakeEndpoint(cut), method, reask_unparseable=True)
+
+    assert (rows[0]["score"], rows[0]["reason"]) == (None, '{"reason": "Good')
+    message = "the reply was cut at the token limit; raise generation_kwargs.max_new_tokens"
+    assert rows[0]["error"] == {"stage": "score", "type": "truncated", "attempts": 1, "message": message}
+    assert sink.counts[0][1].failures == Counter({"truncated": 1}) and sink.counts[0][1].requests == 1

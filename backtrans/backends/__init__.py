@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from backtrans.backends.base import Backend, Client, FailedAttempt, MalformedReply, PreflightError, Reply
+from backtrans.backends.base import (
+    Backend,
+    Client,
+    FailedAttempt,
+    MalformedReply,
+    PreflightError,
+    Reply,
+    RequestOptions,
+)
 from backtrans.backends.hf_endpoint import HFEndpointBackend
 from backtrans.backends.openai_compatible import OpenAIBackend
 from backtrans.backends.simulated import SimulatedBackend
@@ -22,4 +30,14 @@ def backend_for(stage: StageConfig) -> Backend:
     return BACKENDS[stage.backend]
 
 
-__all__ = ["BACKENDS", "Backend", "Client", "FailedAttempt", "MalformedReply", "PreflightError", "Reply", "backend_for"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "Client",
+    "FailedAttempt",
+    "MalformedReply",
+    "PreflightError",
+    "Reply",
+    "RequestOptions",
+    "backend_for",
+]

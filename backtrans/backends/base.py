@@ -37,11 +37,28 @@ class PreflightError(BacktransError):
 
 
 @dataclass(frozen=True)
+class TokenLogprobs:
+    """One token of a reply and the log-probabilities of the server's top alternatives at its place."""
+
+    token: str
+    top: Mapping[str, float]  # token -> logprob
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """What a scoring method asks of the server beyond the prompt; each client says it its own way."""
+
+    top_logprobs: int | None = None  # return each token's logprobs with this many alternatives
+    json_schema: Mapping[str, object] | None = None  # constrain the reply to JSON valid under this schema
+
+
+@dataclass(frozen=True)
 class Reply:
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str | None
+    logprobs: tuple[TokenLogprobs, ...] | None = None  # when asked for and returned
 
 
 @dataclass(frozen=True)
@@ -63,8 +80,9 @@ class MalformedReply(Exception):
 class Client(Protocol):
     """One stage's connection to its server, built by `Backend.connect` in the stage actor."""
 
-    async def send(self, prompt: str) -> Reply:
-        """One chat request with the prompt as the user message; raises the SDK's exceptions."""
+    async def send(self, prompt: str, options: RequestOptions | None = None) -> Reply:
+        """One chat request with the prompt as the user message, and what `options` asks for; raises the
+        SDK's exceptions."""
 
     def classify(self, error: Exception) -> FailedAttempt:
         """What an exception `send` raised means for the retry loop and the failure record."""
@@ -81,10 +99,26 @@ def http_failure(status: int, headers: Mapping[str, str] | None, message: str) -
     return FailedAttempt(f"http_{status}", retryable_status(status), message, retry_after_s(headers))
 
 
-def completion_reply(text: object, finish_reason: str | None, usage: Mapping[str, int | None]) -> Reply:
+def completion_reply(
+    text: object, finish_reason: str | None, usage: Mapping[str, int | None], logprobs: object = None
+) -> Reply:
+    """`logprobs`: the choice's `logprobs.content`, a list of `{token, logprob, top_logprobs}` (dicts or
+    the SDK's objects), or None."""
     if not isinstance(text, str):
         raise MalformedReply("the reply has no message content")
-    return Reply(text, usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0, finish_reason)
+    tokens = None
+    if logprobs is not None:
+        tokens = tuple(
+            TokenLogprobs(
+                _get(entry, "token"), {_get(alt, "token"): _get(alt, "logprob") for alt in _get(entry, "top_logprobs")}
+            )
+            for entry in logprobs
+        )
+    return Reply(text, usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0, finish_reason, tokens)
+
+
+def _get(entry: object, name: str):
+    return entry[name] if isinstance(entry, Mapping) else getattr(entry, name)
 
 
 def other_failure(error: Exception, secret: str | None) -> FailedAttempt:

@@ -48,16 +48,25 @@ class HFEndpointClient:
             base_url=base_url, token=api_key, timeout=stage.timeout_s, headers={STAGE_HEADER: stage_name}
         )
 
-    async def send(self, prompt: str) -> base.Reply:
+    async def send(self, prompt: str, options: base.RequestOptions | None = None) -> base.Reply:
         messages = [{"role": "user", "content": prompt}]
+        kwargs = dict(self.kwargs)
+        options = options or base.RequestOptions()
+        if options.top_logprobs:
+            kwargs |= {"logprobs": True, "top_logprobs": options.top_logprobs}
+        if options.json_schema is not None:
+            # TGI's grammar, in the form huggingface_hub 2.x types it (ChatCompletionInputResponseFormatJSONSchema)
+            schema = {"name": "verdict", "strict": True, "schema": options.json_schema}
+            kwargs["response_format"] = {"type": "json_schema", "json_schema": schema}
         try:
-            response = await self._client.chat_completion(messages, model=self.model, **self.kwargs)
+            response = await self._client.chat_completion(messages, model=self.model, **kwargs)
             choice = response.choices[0]
             text, finish_reason = choice.message.content, choice.finish_reason
             usage = vars(response.usage) if response.usage else {}
+            logprobs = choice.logprobs.content if choice.logprobs else None
+            return base.completion_reply(text, finish_reason, usage, logprobs)
         except (json.JSONDecodeError, AttributeError, IndexError, KeyError, TypeError):
             raise base.MalformedReply("the reply is not a chat completion") from None
-        return base.completion_reply(text, finish_reason, usage)
 
     def classify(self, error: Exception) -> base.FailedAttempt:
         from huggingface_hub.errors import HfHubHTTPError

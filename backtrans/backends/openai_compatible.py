@@ -11,6 +11,7 @@ from backtrans.backends.base import (
     FailedAttempt,
     MalformedReply,
     Reply,
+    RequestOptions,
     chat_kwargs,
     completion_reply,
     http_failure,
@@ -53,21 +54,27 @@ class OpenAIClient:
             http_client=openai.DefaultAioHttpClient(timeout=stage.timeout_s),
         )
 
-    async def send(self, prompt: str) -> Reply:
+    async def send(self, prompt: str, options: RequestOptions | None = None) -> Reply:
         # The SDK's documented request path for raw replies (`client.post`): its auth, errors,
         # timeouts and transport, without building typed request and reply models, which cost more
         # CPU than the HTTP exchange itself (bench/client.py). A chat completion is a small JSON
         # object; the fields below are all a stage reads of it.
         body = {"model": self.model, "messages": [{"role": "user", "content": prompt}], **self.kwargs}
+        options = options or RequestOptions()
+        if options.top_logprobs:
+            body |= {"logprobs": True, "top_logprobs": options.top_logprobs}
+        if options.json_schema is not None:  # OpenAI's structured outputs; vLLM takes the same field
+            schema = {"name": "verdict", "strict": True, "schema": options.json_schema}
+            body["response_format"] = {"type": "json_schema", "json_schema": schema}
         raw = await self._client.post("/chat/completions", cast_to=bytes, body=body)
         try:
             response = json.loads(raw)
             choice = response["choices"][0]
             text, finish_reason = choice["message"]["content"], choice.get("finish_reason")
             usage = response.get("usage") or {}
+            return completion_reply(text, finish_reason, usage, (choice.get("logprobs") or {}).get("content"))
         except (ValueError, AttributeError, IndexError, KeyError, TypeError):
             raise MalformedReply("the reply is not a chat completion") from None
-        return completion_reply(text, finish_reason, usage)
 
     def classify(self, error: Exception) -> FailedAttempt:
         import openai

@@ -1,9 +1,10 @@
 """Prompt templates, kept as text files so they can be read and diffed as the paper prints them.
 
 `self_curation.txt` is the paper's Table 1 prompt, verbatim, with the pair's instruction and
-response each on its own line after it. `backward.txt` is the instruction-writing prompt the
-augment stage sends with each segment; `segment.txt` sends the bare segment (for a fine-tuned
-backward model).
+response each on its own line after it; `self_curation_json.txt` (`score.method: json`) is the same
+rubric verbatim with only its last instruction line asking for a JSON verdict instead of a score
+line. `backward.txt` is the instruction-writing prompt the augment stage sends with each segment;
+`segment.txt` sends the bare segment (for a fine-tuned backward model).
 A template names its inputs as `{instruction}` and `{generation}`; a user may point a stage's
 `template:` at a file of their own with the same placeholders.
 """
@@ -18,6 +19,7 @@ from backtrans.schema import BacktransError
 
 PROMPTS_DIR = Path(__file__).parent
 SELF_CURATION = PROMPTS_DIR / "self_curation.txt"
+SELF_CURATION_JSON = PROMPTS_DIR / "self_curation_json.txt"
 BACKWARD = PROMPTS_DIR / "backward.txt"
 SEGMENT = PROMPTS_DIR / "segment.txt"  # augment with `prompt: bare`: the segment alone
 INSTRUCTION = PROMPTS_DIR / "instruction.txt"  # generation sends the bare instruction, as distilabel does

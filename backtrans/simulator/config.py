@@ -51,6 +51,10 @@ class SimulatorConfig(BaseModel):
     rate_drop: Rate = 0.0
     rate_garbage: Rate = 0.0
     rate_noscore: Rate = 0.0
+    # A weak judge: this share of prompts (the same ones every time) get plain replies without a score line.
+    noscore_share: Rate = 0.0
+    # Answer `logprobs: true` with logprobs; false: a server that never returns them.
+    serve_logprobs: bool = True
     # Retry-After (seconds) sent with injected 429s.
     retry_after_s: NonNegative = 1.0
     # How long a hanging request sleeps before answering.
@@ -104,8 +108,8 @@ def config_to_argv(config: SimulatorConfig, *, include_api_key: bool = False) ->
         value = getattr(config, name)
         if value == getattr(default, name) or value is None or (name == "api_key" and not include_api_key):
             continue
-        if name == "keep_log":
-            argv.append(_flag(name) if value else "--no-keep-log")
+        if isinstance(value, bool):
+            argv.append(_flag(name) if value else "--no-" + _flag(name).removeprefix("--"))
         elif name == "models":
             argv += [_flag(name), *value]
         else:
@@ -128,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     default = SimulatorConfig()
     for name in SimulatorConfig.model_fields:
         value = getattr(default, name)
-        if name == "keep_log":
+        if isinstance(value, bool):
             parser.add_argument(_flag(name), action=argparse.BooleanOptionalAction, default=value)
         elif name == "models":
             parser.add_argument(_flag(name), nargs="*", default=value, help="served model ids")

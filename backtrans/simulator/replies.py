@@ -7,6 +7,9 @@ last user message; its SHA-256 digest seeds the score and the reference in every
 Reply kinds:
 
 * `score` (header `score`): the judge's reason, then `Score: N` with `N = simulated_score(prompt)`;
+  as `{"reason": ..., "score": N}` when the request asks for JSON (`response_format`). With logprobs
+  asked for, the token of N carries `score_probs(digest)` over 1..5 (N is its mode) beside a non-digit
+  alternative; a weak judge (`noscore_share`) leaves the score line out of that share of prompts;
 * `backward` (header `augment`, prompt in the paper's instruction-writing form, `prompts/backward.txt`):
   `[simulated instruction] What can you tell me about ...?`;
 * `generate` (header `generate`, an augment request with a bare segment, or no header at all):
@@ -18,6 +21,8 @@ Reply kinds:
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import re
 from typing import Any
 
@@ -50,6 +55,19 @@ def score_for_digest(digest: str) -> int:
 def simulated_score(prompt: str) -> int:
     """The score (1..5) the simulated judge gives to a scoring request whose last user message is `prompt`."""
     return score_for_digest(prompt_digest(prompt))
+
+
+def score_probs(digest: str) -> tuple[float, ...]:
+    """The simulated judge's probabilities of 1..5 at its score token; the score it writes is the mode."""
+    weights = [1 + int(digest[8 + 2 * k : 10 + 2 * k], 16) for k in range(5)]
+    weights[score_for_digest(digest) - 1] = sum(weights)
+    total = sum(weights)
+    return tuple(weight / total for weight in weights)
+
+
+def weak_judge_leaves_out_score(digest: str, share: float) -> bool:
+    """Whether a weak judge (`noscore_share`) writes no score line for this prompt: the same every time."""
+    return int(digest[20:28], 16) / 16**8 < share
 
 
 def reply_kind(stage: str | None, prompt: str) -> str:
@@ -120,8 +138,18 @@ def generate_reply(prompt: str, model: str, digest: str) -> str:
     )
 
 
-def reply_text(kind: str, prompt: str, model: str, digest: str, *, leave_out_score: bool = False) -> str:
-    """The full reply, before `stop` and `max_tokens` cut it; `leave_out_score` is the noscore fault."""
+def json_score_reply(digest: str) -> str:
+    reason = score_reply(digest).rpartition("\n")[0]
+    return json.dumps({"reason": reason, "score": score_for_digest(digest)})
+
+
+def reply_text(
+    kind: str, prompt: str, model: str, digest: str, *, leave_out_score: bool = False, as_json: bool = False
+) -> str:
+    """The full reply, before `stop` and `max_tokens` cut it; `leave_out_score` is the noscore fault,
+    `as_json` a request for a structured reply (a grammar never leaves the score out)."""
+    if kind == "score" and as_json:
+        return json_score_reply(digest)
     if kind == "score":
         return noscore_reply(digest) if leave_out_score else score_reply(digest)
     if kind == "backward":
@@ -144,3 +172,27 @@ def cut(text: str, stop: Any, max_tokens: Any) -> tuple[str, str]:
 def token_count(text_chars: int) -> int:
     """Tokens the usage block reports for `text_chars` characters (rounded up)."""
     return (text_chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+
+
+OTHER_TOKEN_SHARE = 0.1  # the score token's mass on a non-digit alternative: a reader must renormalise
+_TOKEN = re.compile(r"\d|\s+|[^\s\d]+")
+_SCORE_LINE = re.compile(r"Score: (\d)$")
+
+
+def token_logprobs(text: str, kind: str, digest: str, top_n: int) -> list[dict[str, Any]]:
+    """`logprobs.content` for a reply: one entry per token (digits alone, words, runs of space), each
+    certain (logprob 0) but the score token of a judge's plain reply, which carries `score_probs`."""
+    score_line = _SCORE_LINE.search(text) if kind == "score" else None
+    score_at = score_line.start(1) if score_line else -1
+    content, offset = [], 0
+    for token in _TOKEN.findall(text):
+        if offset == score_at:
+            top = [(str(k + 1), math.log(p * (1 - OTHER_TOKEN_SHARE))) for k, p in enumerate(score_probs(digest))]
+            top = sorted([*top, ("N/A", math.log(OTHER_TOKEN_SHARE))], key=lambda pair: -pair[1])
+        else:
+            top = [(token, 0.0)]
+        logprob = next((value for alternative, value in top if alternative == token), 0.0)
+        alternatives = [{"token": alternative, "logprob": value} for alternative, value in top[:top_n]]
+        content.append({"token": token, "logprob": logprob, "top_logprobs": alternatives})
+        offset += len(token)
+    return content

@@ -322,8 +322,12 @@ class ChatApp:
             )
         # Recorded before the sleep, so the log and stats show what was decided even if the client
         # gives up (hang) or the handler is cancelled.
-        score = replies.score_for_digest(chat.digest) if chat.kind == "score" and outcome in ("ok", "hang") else None
-        self._record(chat, outcome, score)
+        structured = _wants_json(chat.body.get("response_format"))
+        leave_out_score = not structured and (
+            outcome == "noscore" or replies.weak_judge_leaves_out_score(chat.digest, self.state.config.noscore_share)
+        )
+        scored = chat.kind == "score" and outcome in ("ok", "hang") and not leave_out_score
+        self._record(chat, outcome, replies.score_for_digest(chat.digest) if scored else None)
         config = self.state.config
         delay_s = config.hang_s if outcome == "hang" else (config.latency_ms + jitter_ms) / 1000.0
         if delay_s > 0:
@@ -334,7 +338,7 @@ class ChatApp:
             if request.transport is not None:
                 request.transport.abort()
             return None
-        return self._completion(chat, leave_out_score=outcome == "noscore")
+        return self._completion(chat, leave_out_score=leave_out_score, structured=structured)
 
     def _record(self, chat: ChatRequest | None, outcome: str, score: int | None = None) -> None:
         st = self.state
@@ -428,12 +432,19 @@ class ChatApp:
                 return ("ok" if outcome == "noscore" and kind != "score" else outcome), jitter_ms
         return "ok", jitter_ms
 
-    def _completion(self, chat: ChatRequest, *, leave_out_score: bool) -> web.Response:
+    def _completion(self, chat: ChatRequest, *, leave_out_score: bool, structured: bool) -> web.Response:
         body = chat.body
         model = chat.model or _DEFAULT_MODEL
-        text = replies.reply_text(chat.kind, chat.prompt, model, chat.digest, leave_out_score=leave_out_score)
+        text = replies.reply_text(
+            chat.kind, chat.prompt, model, chat.digest, leave_out_score=leave_out_score, as_json=structured
+        )
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         content, finish = replies.cut(text, body.get("stop"), max_tokens)
+        logprobs = None
+        if body.get("logprobs") is True and self.state.config.serve_logprobs:
+            top_n = body.get("top_logprobs")
+            top_n = top_n if isinstance(top_n, int) and 0 <= top_n <= 20 else 0
+            logprobs = {"content": replies.token_logprobs(content, chat.kind, chat.digest, top_n)}
         n = body.get("n")
         n = n if isinstance(n, int) and 1 <= n <= 16 else 1
         prompt_tokens = replies.token_count(chat.prompt_chars)
@@ -450,7 +461,7 @@ class ChatApp:
                     {
                         "index": i,
                         "message": {"role": "assistant", "content": content},
-                        "logprobs": None,
+                        "logprobs": logprobs,
                         "finish_reason": finish,
                     }
                     for i in range(n)
@@ -462,6 +473,11 @@ class ChatApp:
                 },
             }
         )
+
+
+def _wants_json(response_format: Any) -> bool:
+    """A request for JSON: OpenAI's `json_schema` / `json_object`, or TGI's grammar (`json`)."""
+    return isinstance(response_format, dict) and response_format.get("type") in ("json_schema", "json_object", "json")
 
 
 def _injected_failure(outcome: str) -> web.Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 
 import aiohttp
@@ -540,3 +541,70 @@ def test_http_control_plane_and_keep_log_off():
     assert log == []
     assert after["total_requests"] == 0
     assert unknown == 404
+
+
+# --------------------------------------------------------------------------- scoring methods
+
+
+def _score_client(sim: Simulator, backend: str):
+    from backtrans.backends import backend_for
+    from backtrans.config import ScoreConfig
+
+    url = sim.url if backend == "openai" else sim.root_url
+    stage = ScoreConfig(backend=backend, base_url=url, model="judge", max_retries=0)
+    return backend_for(stage).connect("score", stage, url)
+
+
+async def _send(sim: Simulator, backend: str, prompt: str, options):
+    client = _score_client(sim, backend)
+    try:
+        return await client.send(prompt, options)
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("backend", ["openai", "hf-endpoint"])
+def test_logprobs_carry_the_known_distribution_at_the_score_token(backend):
+    from backtrans.backends import RequestOptions
+    from backtrans.simulator.replies import OTHER_TOKEN_SHARE, score_for_digest, score_probs
+
+    prompt = score_prompt(1)
+    digest = prompt_digest(prompt)
+    with Simulator() as sim:
+        reply = run(_send(sim, backend, prompt, RequestOptions(top_logprobs=20)))
+        plain = run(_send(sim, backend, prompt, None))
+
+    assert "".join(token.token for token in reply.logprobs) == reply.text
+    assert reply.text.endswith(f"Score: {score_for_digest(digest)}") and plain.logprobs is None
+    last = reply.logprobs[-1]
+    assert last.token == str(score_for_digest(digest)) and set(last.top) == {"1", "2", "3", "4", "5", "N/A"}
+    for k, p in enumerate(score_probs(digest)):
+        assert math.exp(last.top[str(k + 1)]) == pytest.approx(p * (1 - OTHER_TOKEN_SHARE), abs=1e-12)
+    assert (
+        max(score_probs(digest)) == score_probs(digest)[score_for_digest(digest) - 1]
+    )  # the written score is the mode
+
+
+@pytest.mark.parametrize("backend", ["openai", "hf-endpoint"])
+def test_a_json_schema_request_gets_a_verdict_even_from_a_weak_judge(backend):
+    from backtrans.backends import RequestOptions
+    from backtrans.parse import VERDICT_SCHEMA, json_verdict
+    from backtrans.simulator.replies import score_for_digest, weak_judge_leaves_out_score
+
+    prompts = [score_prompt(i) for i in range(40)]
+    with Simulator(SimulatorConfig(noscore_share=0.5)) as sim:
+        structured = [run(_send(sim, backend, p, RequestOptions(json_schema=VERDICT_SCHEMA))) for p in prompts]
+        plain = [run(_send(sim, backend, p, None)) for p in prompts]
+
+    weak = [weak_judge_leaves_out_score(prompt_digest(p), 0.5) for p in prompts]
+    assert 10 < sum(weak) < 30
+    assert [json_verdict(r.text).score for r in structured] == [score_for_digest(prompt_digest(p)) for p in prompts]
+    assert [("Score:" not in r.text) for r in plain] == weak
+
+
+def test_a_server_without_logprobs_answers_a_request_for_them_without():
+    with Simulator(SimulatorConfig(serve_logprobs=False)) as sim:
+        status, body = run(post(sim.url + "/chat/completions", {
+            "model": "m", "messages": user(score_prompt(2)), "logprobs": True, "top_logprobs": 5,
+        }, {STAGE_HEADER: "score"}))  # fmt: skip
+    assert status == 200 and json.loads(body)["choices"][0]["logprobs"] is None
