@@ -93,8 +93,9 @@ class StageConfig(_Strict):
         "`Retry-After`", ge=0
     )  # fmt: skip
     actors: int | None = _field(
-        None, "actors in the stage's pool (null: one per 64 of `max_concurrency`; each takes 0.1 CPU and keeps its "
-        "share of `max_concurrency` in flight)", ge=1
+        None, "actors in the stage's pool (null: 1, whose one event loop holds thousands of requests in flight at "
+        "~1 ms of CPU each; set more when the stage needs more than a core); each takes 0.1 CPU and keeps its share "
+        "of `max_concurrency` in flight", ge=1
     )  # fmt: skip
     max_input_chars: int = _field(20_000, "longer inputs fail the row without a request", ge=1)
     generation_kwargs: dict[str, Any] = _field(
@@ -259,12 +260,17 @@ class OutputConfig(_Strict):
     )
     min_rows_per_file: int = _field(50_000, "rows per Parquet shard of a finished output", ge=1)
     commit_rows: int = _field(
-        1024, "rows per committed write while the job runs: the most finished rows a kill can cost again (the "
-        "finished output is compacted to `min_rows_per_file`)", ge=1
+        1024, "rows per committed write while the job runs (a kill costs no finished reply again: the reply cache "
+        "holds it; the finished output is compacted to `min_rows_per_file`)", ge=1
     )  # fmt: skip
     mode: Literal["resume", "overwrite"] = _field(
-        "resume", "`resume`: continue an unfinished output, skip a finished one; `overwrite`: start over"
-    )
+        "resume", "`resume`: continue an unfinished output, skip a finished one; `overwrite`: start over (the "
+        "reply cache stays)"
+    )  # fmt: skip
+    keep_cache: bool = _field(
+        False, "keep the reply cache (`OUTPUT/.cache`, every finished reply) when the run completes, e.g. for a "
+        "re-score that re-uses the generations; an unfinished run always keeps it, so a re-run never pays twice"
+    )  # fmt: skip
 
 
 class HubConfig(_Strict):

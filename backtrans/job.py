@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import ray
-from ray.data import ActorPoolStrategy
 
 from backtrans.backends import backend_for
+from backtrans.cache import compact as compact_cache
 from backtrans.card import render_card
 from backtrans.compaction import finish_compaction, write_compacted
 from backtrans.config import JobConfig, StageConfig
@@ -29,7 +28,7 @@ from backtrans.pacing import budget_left
 from backtrans.plot import plot_scores
 from backtrans.progress import show_progress
 from backtrans.prompts import BACKWARD, INSTRUCTION, SEGMENT, SELF_CURATION, SELF_CURATION_JSON, load_template
-from backtrans.resources import IO_CPUS, configure_ray_data, map_blocks
+from backtrans.resources import DEFAULT_ACTORS, ROWS_PER_TASK, configure_ray_data, map_blocks, plan_cpus, stage_pool
 from backtrans.schema import ERROR, MESSAGES, ORIGIN, ORIGIN_SEED, ORIGIN_WEB, SCORE, SCORE_PREV, BacktransError
 from backtrans.segments.filter_pass import filter_counts, read_segments, write_segments
 from backtrans.sources import ResolvedFiles, read_source, require_columns, resolve_files
@@ -47,11 +46,6 @@ from backtrans.summary import (
 
 logger = logging.getLogger("backtrans")
 
-ROWS_PER_BATCH = 16
-ASYNC_BATCHES_PER_TASK = 4  # Ray Data's default for async batch UDFs
-# Rows per stage task: one task runs all its batches at once (the source reads blocks of this size).
-ROWS_PER_TASK = ROWS_PER_BATCH * ASYNC_BATCHES_PER_TASK
-REQUESTS_PER_ACTOR = 64  # requests in flight per stage actor when `actors` is not set
 STAGES: dict[str, type[LLMStage]] = {"augment": AugmentStage, "generate": GenerateStage, "score": ScoreStage}
 DEFAULT_TEMPLATES = {"augment": BACKWARD, "generate": INSTRUCTION, "score": SELF_CURATION}
 
@@ -102,35 +96,40 @@ def _simulators(config: JobConfig):
         yield simulator.url
 
 
-def _stage_spec(name: str, stage: StageConfig, base_url: str | None, metrics_name: str) -> StageSpec:
-    # One actor keeps 64 requests in flight at ~1.5 ms of CPU each (BENCHMARKS.md); every further
-    # actor is a process that imports Ray Data and the client while the job starts.
-    actors = min(stage.actors or math.ceil(stage.max_concurrency / REQUESTS_PER_ACTOR), stage.max_concurrency)
+def _actors(stage: StageConfig) -> int:
+    return min(stage.actors or DEFAULT_ACTORS, stage.max_concurrency)
+
+
+def _check_fits(config: JobConfig) -> None:
+    """Refuse, before any request, a plan that asks for more CPU than the cluster has: Ray Data
+    would wait forever for the actors it cannot place (Ray issue #44687)."""
+    actors = {name: _actors(stage) for name, stage in _active_stages(config).items()}
+    cluster = ray.cluster_resources().get("CPU", 0)
+    if actors and plan_cpus(actors) > cluster:
+        most = max(actors, key=actors.get)
+        raise JobError(
+            f"{most}.actors: the stages' {sum(actors.values())} actors and the other operators need "
+            f"{plan_cpus(actors):g} CPUs, the cluster has {cluster:g}; set fewer actors"
+        )
+
+
+def _stage_spec(name: str, stage: StageConfig, base_url: str | None, metrics_name: str, output_path: str) -> StageSpec:
     return StageSpec(
         name=name,
-        config=stage.model_copy(update={"actors": actors}),
+        config=stage.model_copy(update={"actors": _actors(stage)}),
         base_url=base_url,
         template_path=_template_path(name, stage),
         metrics_actor=metrics_name,
+        output_path=output_path,
     )
 
 
 def _add_stage(dataset: ray.data.Dataset, spec: StageSpec) -> ray.data.Dataset:
-    # Ray Data runs at most ASYNC_BATCHES_PER_TASK batches of one task at once; run enough tasks
-    # side by side in each actor that its slots stay full while finished batches leave.
-    slots_per_actor = spec.config.max_concurrency // spec.config.actors
-    tasks_per_actor = math.ceil(slots_per_actor / ROWS_PER_TASK) + 1
     return dataset.map_batches(
         STAGES[spec.name],
         fn_constructor_args=(spec,),
-        batch_size=ROWS_PER_BATCH,
         batch_format="pyarrow",
-        num_cpus=IO_CPUS,
-        compute=ActorPoolStrategy(
-            size=spec.config.actors,
-            max_concurrent_calls_per_actor=tasks_per_actor,
-            max_tasks_in_flight_per_actor=tasks_per_actor + 1,
-        ),
+        **stage_pool(spec.config.max_concurrency, spec.config.actors),
     )
 
 
@@ -279,6 +278,7 @@ def run_job(config: JobConfig, started: float | None = None) -> RunResult:
     spent_before = done.spent if done is not None else {}  # what earlier, unfinished runs spent
     budgeted = _budgets_left(config, spent_before)  # the stages' budgets; the summary keeps the user's config
     configure_ray_data()
+    _check_fits(config)
     with _simulators(config) as simulator_url:
         base_urls = {}
         for name, stage in _active_stages(config).items():
@@ -300,7 +300,8 @@ def run_job(config: JobConfig, started: float | None = None) -> RunResult:
         # Reads give blocks of up to 128 KiB (sources.SOURCE_BLOCK_BYTES); the stages want 64 rows (ROWS_PER_TASK).
         dataset = dataset.repartition(target_num_rows_per_block=ROWS_PER_TASK)
         for name, stage in _active_stages(budgeted).items():
-            dataset = _add_stage(dataset, _stage_spec(name, stage, base_urls[name], metrics_name))
+            compact_cache(folder, name)  # before its actors start and load it
+            dataset = _add_stage(dataset, _stage_spec(name, stage, base_urls[name], metrics_name, config.output.path))
         try:
             with show_progress(config, metrics, folder, source_files):
                 write_rows(_as_pairs(dataset, config), folder, config.output, _kept_columns(config))
@@ -333,4 +334,7 @@ def run_job(config: JobConfig, started: float | None = None) -> RunResult:
     summary = _summary(
         config, folder, metrics, state, started, phases, contents, curated=curated, plot=plot, spent_before=spent_before
     )
-    return RunResult(folder.root, state, _publish(config, folder, summary, repo_id))
+    published = _publish(config, folder, summary, repo_id)
+    if not config.output.keep_cache:  # every row is written: no request of this output is sent again
+        folder.delete_dir(folder.cache)
+    return RunResult(folder.root, state, published)

@@ -16,7 +16,8 @@ import ray
 @dataclass
 class StageCounts:
     """What one stage did: rows it handled, requests sent (every attempt), retries among them,
-    tokens the server reported, and failed rows by failure type."""
+    tokens the server reported, failed rows by failure type, and replies taken from the reply
+    cache (no request sent, no token counted)."""
 
     rows: int = 0
     requests: int = 0
@@ -24,6 +25,7 @@ class StageCounts:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     failures: Counter = field(default_factory=Counter)
+    cache_hits: int = 0
 
     def add(self, other: StageCounts) -> None:
         self.rows += other.rows
@@ -32,6 +34,7 @@ class StageCounts:
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
         self.failures.update(other.failures)
+        self.cache_hits += other.cache_hits
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ Layout of `output.path` (a local folder, or any URI `pyarrow.fs.FileSystem.from_
     run_summary.json    counts, scores, failures, tokens, timings; `"complete": true` marks a finished output
     .checkpoint/        Ray Data's checkpoint of written row ids while a run is unfinished
     .segments/          web jobs: the filtered segments the LLM stages read, and the filter counts
+    .cache/STAGE/       the reply cache (cache.py): every finished reply, until the run completes
     .compact/           a finished run's shards while they are rewritten into few big ones (compaction.py)
 
 Object stores have no atomic rename, so nothing here relies on one: a step is done when its marker,
@@ -38,6 +39,7 @@ CARD_FILE = "README.md"
 PLOT_FILE = "score_distribution.png"
 DATA_DIR = "data"
 CURATED_DIR = "curated"
+CACHE_DIR = ".cache"
 COMPACT_MARKER = "_replaces.json"  # in .compact/: the shards the compacted ones replace, written after them
 EMPTY_SHARD = "empty.parquet"
 
@@ -82,6 +84,10 @@ class OutputFolder:
     @property
     def segment_counts(self) -> str:
         return os.path.join(self.segments, "filter_counts.json")
+
+    @property
+    def cache(self) -> str:
+        return self.path(CACHE_DIR)
 
     @property
     def compact(self) -> str:
@@ -178,7 +184,13 @@ class OutputFolder:
         """Make the folder ready for a run that writes rows: "fresh" or "resume". (A complete output is
         told by its summary before this, see `summary.read_summary`.)"""
         if mode == "overwrite":
-            self.delete_dir(self.root)
+            # The reply cache stays: a cached reply is the reply to the same request (a re-score with
+            # another judge takes the generations it holds).
+            for path in self.files(self.root):
+                self.delete_file(path)
+            for path in self.folders(self.root):
+                if path != self.cache:
+                    self.delete_dir(path)
         if self.files(self.data) and not self.exists(self.checkpoint):
             raise OutputError(
                 f"output.path {self.root} holds data/ from an unknown run and no checkpoint; "

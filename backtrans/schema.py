@@ -69,6 +69,10 @@ OUTPUT_TYPES: dict[str, pa.DataType] = {
 # can tell a scoring request from a generation without reading the prompt.
 STAGE_HEADER = "X-Backtrans-Stage"
 
+# The reply cache's shards (cache.py): a request's key and its reply as JSON.
+CACHE_KEY = "request_key"
+CACHE_REPLY = "reply"
+
 
 class BacktransError(Exception):
     """A failure the user can act on: its message is one line that names the key, column, row or

@@ -24,10 +24,12 @@ import pyarrow as pa
 
 from backtrans import schema
 from backtrans.backends import Reply, RequestOptions, backend_for
+from backtrans.cache import FLUSH_INTERVAL_S, ReplyCache
 from backtrans.config import StageConfig
 from backtrans.endpoints import ChatEndpoint, EndpointFailure
 from backtrans.errors import one_line
 from backtrans.metrics import StageCounts, StopReason
+from backtrans.output import OutputFolder
 from backtrans.parse import VERDICT_SCHEMA, json_verdict, parse_verdict, score_distribution
 from backtrans.prompts import load_template, render
 from backtrans.schema import BacktransError
@@ -44,6 +46,7 @@ class StageSpec:
     base_url: str | None
     template_path: str
     metrics_actor: str  # name of the RunMetrics actor
+    output_path: str | None = None  # `output.path`, where the reply cache lives; None: no cache
 
 
 @dataclass(frozen=True)
@@ -105,9 +108,13 @@ class LLMStage:
         # that would otherwise stall the event loop. asyncio primitives bind to a loop on first use.
         self.endpoint = endpoint or default_endpoint(spec)
         self.metrics = metrics or RemoteMetrics(spec.metrics_actor)
+        folder = OutputFolder.at(spec.output_path) if spec.output_path else None
+        # This actor's share of the stage's in flight: the most finished replies it holds unwritten.
+        share = spec.config.max_concurrency // (spec.config.actors or 1)
+        self.cache = ReplyCache(folder, spec.name, spec.config, share)
         self.actor_id = uuid.uuid4().hex
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop Ray Data runs this actor's batches on
-        self._gauge: asyncio.Task | None = None
+        self._timers: list[asyncio.Task] = []
 
     def __del__(self):
         # Ray Data drops the stage when its pool shuts down: a last gauge, so the run's in-flight
@@ -115,14 +122,16 @@ class LLMStage:
         # loop that opened them (aiohttp warns about every session left open).
         with contextlib.suppress(Exception):  # also when __init__ failed half-way
             self.metrics.gauge(self.spec.name, self.actor_id, self.endpoint.in_flight)
+            self.cache.flush()
         loop = getattr(self, "_loop", None)
         if loop is not None and loop.is_running():
             with contextlib.suppress(Exception):
                 asyncio.run_coroutine_threadsafe(self._close(), loop).result(timeout=5)
 
     async def _close(self) -> None:
-        if self._gauge is not None:
-            self._gauge.cancel()
+        for timer in self._timers:
+            timer.cancel()
+        self.cache.flush()
         await self.endpoint.close()
 
     async def _report_in_flight(self) -> None:
@@ -130,6 +139,12 @@ class LLMStage:
         while True:
             self.metrics.gauge(self.spec.name, self.actor_id, self.endpoint.in_flight)
             await asyncio.sleep(GAUGE_INTERVAL_S)
+
+    async def _flush_cache(self) -> None:
+        # A slow stage never fills `flush_rows`: its replies are written at least this often.
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            self.cache.flush_if_due()
 
     def format_input(self, row: Mapping[str, str]) -> str:
         """The prompt for a row of this stage's input columns."""
@@ -159,10 +174,18 @@ class LLMStage:
         except EndpointFailure as error:
             return RowFailure(error.error_type, error.message, error.attempts)
 
-    async def _answer(self, row: Mapping[str, str], prompt: str, counts: StageCounts) -> dict | RowFailure:
-        return self.format_output(await self._ask(prompt, counts), row)
+    async def _answer(
+        self, row: Mapping[str, str], prompt: str, counts: StageCounts, ask: int = 1
+    ) -> dict | RowFailure:
+        return self.format_output(await self._ask(prompt, counts, ask), row)
 
-    async def _ask(self, prompt: str, counts: StageCounts) -> Reply:
+    async def _ask(self, prompt: str, counts: StageCounts, ask: int = 1) -> Reply:
+        """The reply from the cache, or from the endpoint and then cached. `ask`: which ask of this
+        prompt it is (a re-asked prompt is another request, with its own reply)."""
+        key = self.cache.key(prompt, ask)
+        if (cached := self.cache.get(key)) is not None:
+            counts.cache_hits += 1
+            return cached
         try:
             reply, attempts = await self.endpoint.complete(prompt, self.request_options)
         except EndpointFailure as error:
@@ -173,6 +196,7 @@ class LLMStage:
         counts.retries += attempts - 1
         counts.prompt_tokens += reply.prompt_tokens
         counts.completion_tokens += reply.completion_tokens
+        self.cache.put(key, reply)
         return reply
 
     def _failure_row(self, failure: RowFailure) -> dict:
@@ -181,7 +205,7 @@ class LLMStage:
     async def __call__(self, batch: pa.Table) -> pa.Table:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-            self._gauge = self._loop.create_task(self._report_in_flight())
+            self._timers = [self._loop.create_task(timer()) for timer in (self._report_in_flight, self._flush_cache)]
         columns = {name: batch.column(name).to_pylist() for name in self.inputs}
         earlier = batch.column(schema.ERROR).to_pylist() if schema.ERROR in batch.column_names else [None] * len(batch)
         counts = StageCounts(rows=len(batch))
@@ -200,6 +224,7 @@ class LLMStage:
         )
         stops = [result for result in results if isinstance(result, BaseException)]
         if stops:
+            self.cache.flush()  # the replies paid for before the stop, before Ray Data ends this actor
             self.metrics.add(self.spec.name, counts)
             error = next((stop for stop in stops if isinstance(stop, BacktransError)), stops[0])
             if isinstance(error, BacktransError):  # BudgetExhausted, StageDown: the driver reads why
@@ -326,8 +351,10 @@ class ScoreStage(LLMStage):
             return RowFailure("unparseable_score", message, 1, keep=values)
         return values
 
-    async def _answer(self, row: Mapping[str, str], prompt: str, counts: StageCounts) -> dict | RowFailure:
+    async def _answer(
+        self, row: Mapping[str, str], prompt: str, counts: StageCounts, ask: int = 1
+    ) -> dict | RowFailure:
         result = await super()._answer(row, prompt, counts)
         if isinstance(result, RowFailure) and result.type in REASKED and self.spec.config.reask_unparseable:
-            return await super()._answer(row, prompt, counts)  # once: a judge that never scores costs 2x, not more
+            return await super()._answer(row, prompt, counts, ask=2)  # once: a judge that never scores costs 2x
         return result

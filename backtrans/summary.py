@@ -40,6 +40,7 @@ class StageSummary(BaseModel):
     rows: int
     prompt_tokens: int
     completion_tokens: int
+    cache_hits: int = 0  # replies taken from the output's reply cache instead of a request
 
 
 class CuratedSummary(BaseModel):
@@ -237,6 +238,7 @@ def build_summary(
                 rows=counts.rows,
                 prompt_tokens=counts.prompt_tokens,
                 completion_tokens=counts.completion_tokens,
+                cache_hits=counts.cache_hits,
             )
             for name, counts in snapshot.stages.items()
         },

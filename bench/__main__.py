@@ -4,6 +4,7 @@
     python -m bench --quick                  # one small run per regime (about 4 minutes)
     python -m bench --regime saturation --n 2000
     python -m bench --regime peers --peer-n 1000
+    python -m bench --regime api --api-n 20000    # log-normal latencies (median 4 s, p99 ~15 s), C = 1,024 and 4,096
     python -m bench --report-only            # rebuild BENCHMARKS.md and the plot from bench/results.json
 
 Each run is a fresh process with its own local Ray session, talking to a fresh simulator subprocess
@@ -25,7 +26,10 @@ from bench import report
 from bench.runs import REPO, run_backtrans, run_distilabel, run_raydata_llm
 from bench.workload import write_rows
 
-REGIMES = ("saturation", "overhead", "peers", "client", "profile")
+REGIMES = ("saturation", "overhead", "peers", "client", "profile", "api")
+# The api regime: a real API's latencies, log-normal with a 4 s median and sigma 0.57 (p99 ~15 s).
+API_LATENCY_MS = 4000.0
+API_SIGMA = 0.57
 DEFAULT_REGIMES = ("saturation", "overhead", "peers", "client")
 PEERS = ("distilabel", "ray.data.llm")
 RESULTS = REPO / "bench" / "results.json"
@@ -42,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=64, help="C, max in flight per stage")
     parser.add_argument("--saturation-latency-ms", type=float, default=250.0)
     parser.add_argument("--overhead-latency-ms", type=float, default=20.0)
+    parser.add_argument("--api-n", type=int, action="append", help="api N (repeatable; default 20000 100000)")
+    parser.add_argument(
+        "--api-concurrency", type=int, action="append", help="api C per stage (repeatable; default 1024 4096)"
+    )
     parser.add_argument("--actors", type=int, default=None, help="stage actors (default: the config's default)")
     parser.add_argument("--budget-s", type=float, default=900.0, help="wall-clock budget for all runs")
     parser.add_argument(
@@ -89,6 +97,11 @@ def _plan(args) -> list[tuple]:
             plan.append(
                 (f"overhead/ray.data.llm-0.25cpu/{peer_n}", "overhead", "ray.data.llm", peer_n, over_l, {"cpus": 0.25})
             )
+    if "api" in regimes:
+        api_n = args.api_n or ([2_000] if args.quick else [20_000, 100_000])
+        for c in args.api_concurrency or [1_024, 4_096]:
+            extra = {"concurrency": c, "sigma": API_SIGMA}
+            plan += [(f"api/backtrans-c{c}/{n}", "api", "backtrans", n, API_LATENCY_MS, extra) for n in sorted(api_n)]
     plan.sort(key=lambda item: item[3] >= 100_000)  # the long saturation run goes last
     if "profile" in regimes:
         plan.append(("profile/backtrans", "profile", "backtrans", min(overhead_n, 5_000), over_l, {}))
@@ -103,14 +116,22 @@ def _run_one(item, args, workdir: Path, deadline: float, results: dict) -> dict 
         return None
     rows = write_rows(workdir / f"rows-{n}.jsonl", n)
     run_dir = workdir / key.replace("/", "-")
-    c = args.concurrency
+    c = extra.get("concurrency", args.concurrency)
     print(f"run  {key} (L={latency_ms:g} ms, C={c}, budget left {remaining:.0f} s)", flush=True)
     if system == "backtrans":
         profile = None
         if regime == "profile":
             profile = {"dir": str(run_dir / "pyspy"), "delay_s": 3, "duration_s": 10}
         figures = run_backtrans(
-            rows, n, latency_ms, c, run_dir, actors=args.actors, timeout_s=remaining, profile=profile
+            rows,
+            n,
+            latency_ms,
+            c,
+            run_dir,
+            actors=args.actors,
+            timeout_s=remaining,
+            profile=profile,
+            latency_sigma=extra.get("sigma", 0.0),
         )
         if profile is not None:
             results["profiles"] = _profile_summaries(Path(profile["dir"]))

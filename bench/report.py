@@ -59,6 +59,8 @@ def _f(value, fmt="{:.1f}", none="-") -> str:
 
 
 def _label(run: dict) -> str:
+    if run["regime"] == "api":
+        return f"api {run['system']} C={run['concurrency']:,}"
     if run["regime"] == "saturation":
         return f"saturation {run['system']}"
     return f"overhead {run['system']}" + (" (num_cpus=0.25)" if "0.25cpu" in run["key"] else "")
@@ -404,6 +406,8 @@ def markdown(results: dict, plot_name: str) -> str:
         "|---|---|---|",
     ]
     out += [f"| {t} | {m} | {ok} |" for t, m, ok, _ in targets(results)]
+    out += ["", "## API regime (log-normal latencies: median 4 s, p99 ~15 s)", ""]
+    out += _api(results) or ["- no api runs in bench/results.json (`python -m bench --regime api`)"]
     out += ["", "## Peers (overhead regime, same machine, same run)", ""]
     out += _peers(results) or ["- no peer runs in bench/results.json"]
     out += ["", "## Start-up", ""]
@@ -423,6 +427,31 @@ def markdown(results: dict, plot_name: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def _api(results: dict) -> list[str]:
+    """The api runs: C/L with the mean latency (median x exp(sigma^2 / 2)), processes, summed RSS."""
+    runs = [r for r in _ordered(results) if r["regime"] == "api"]
+    if not runs:
+        return []
+    lines = [
+        "C/L uses the mean latency (4.7 s for median 4 s, sigma 0.57). **summed RSS** is the peak over the",
+        "run of the RSS summed over every process of its tree (driver, Ray's daemons, every worker and actor).",
+        "",
+        "| C per stage | N | of C/L (whole / steady) | processes | summed RSS MB | start-up s "
+        "| in flight score: steady median / max | status |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        score = run["in_flight"]["score"]
+        status = run.get("ended") or ("ok" if run.get("complete") else "incomplete output")
+        lines.append(
+            f"| {run['concurrency']:,} | {run['n']:,} | {run['fraction_of_limit']:.3f} / "
+            f"{_f(run['window_fraction_of_limit'], '{:.3f}')} | {run['processes']} | {run['tree_peak_rss_mb']:.0f} "
+            f"| {_f(run['startup_to_first_request_s'])} | {_f(score['steady_median'], '{:g}')} / {score['max']} "
+            f"| {status} |"
+        )
+    return lines
+
+
 # --------------------------------------------------------------------------- plot
 
 
@@ -432,7 +461,7 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    fig, axes = plt.subplots(1, 4, figsize=(22, 4.8))
     runs = _ordered(results)
 
     ax = axes[0]
@@ -478,6 +507,13 @@ def plot(results: dict, path: Path) -> None:
         ax.set_ylabel("driver RSS, MB")
         ax.set_title("driver memory as rows flow (saturation runs)")
         ax.legend(fontsize=8)
+    ax = axes[3]
+    for run in (r for r in runs if r["regime"] == "api"):
+        t = [p[0] for p in run["timeline"]]
+        ax.plot(t, [p[2] for p in run["timeline"]], lw=1, label=f"score, C={run['concurrency']:,}, N={run['n']:,}")
+    ax.set_title("api regime: scoring requests in flight (log-normal L, median 4 s)")
+    ax.set_xlabel("seconds since the process started")
+    ax.legend(fontsize=8)
     fig.suptitle(f"backtrans benchmark, {results.get('environment', {}).get('date', time.ctime())}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

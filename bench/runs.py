@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import statistics
@@ -60,6 +61,7 @@ def measured_run(
     timeout_s: float,
     stall_s: float = 120.0,
     profile: dict | None = None,
+    latency_sigma: float = 0.0,
 ) -> dict:
     """Run `argv_for(simulator_url)` against a fresh simulator; return the figures of the run.
 
@@ -69,7 +71,7 @@ def measured_run(
     """
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "run.log"
-    sim = start_subprocess(SimulatorConfig(latency_ms=latency_ms, keep_log=False))
+    sim = start_subprocess(SimulatorConfig(latency_ms=latency_ms, latency_sigma=latency_sigma, keep_log=False))
     sim_proc = psutil.Process(sim.pid)
     profiler_threads: list[threading.Thread] = []
     ended = None
@@ -105,7 +107,7 @@ def measured_run(
         errors = [line for line in _tail(log_path, 0).splitlines() if line.startswith("backtrans:")]
         if errors:
             ended += f" ({errors[-1][:200]})"
-    figures = _figures(system, n, latency_ms, concurrency, wall, monitor, stats, stdout)
+    figures = _figures(system, n, latency_ms, concurrency, wall, monitor, stats, stdout, latency_sigma)
     figures["phases"] = _phases(log_path, t0_wall, monitor)
     busy = _busy(host1) - _busy(host0)
     figures["host"] = {
@@ -220,11 +222,13 @@ def _end_leftovers(monitor: RunMonitor) -> None:
             pass
 
 
-def _figures(system, n, latency_ms, concurrency, wall, monitor: RunMonitor, stats, stdout) -> dict:
-    limit = concurrency / (latency_ms / 1000.0)
+def _figures(system, n, latency_ms, concurrency, wall, monitor: RunMonitor, stats, stdout, latency_sigma=0.0) -> dict:
+    # Little's law with the mean latency: a log-normal's mean is its median x exp(sigma^2 / 2).
+    mean_latency_s = latency_ms / 1000.0 * math.exp(latency_sigma**2 / 2)
+    limit = concurrency / mean_latency_s
     first = monitor.first_request_t
     last = monitor.last_request_t
-    window = (last - first + latency_ms / 1000.0) if first is not None and last is not None else None
+    window = (last - first + mean_latency_s) if first is not None and last is not None else None
     requests = stats["total_requests"]
     cpu_total = monitor.cpu_total()
     cpu_window = monitor.cpu_at(last) - monitor.cpu_at(first) if window else None
@@ -249,6 +253,7 @@ def _figures(system, n, latency_ms, concurrency, wall, monitor: RunMonitor, stat
         "system": system,
         "n": n,
         "latency_ms": latency_ms,
+        "latency_sigma": latency_sigma,
         "concurrency": concurrency,
         "limit_rows_per_s": limit,
         "wall_s": round(wall, 2),
@@ -326,7 +331,16 @@ def _last_json_line(stdout: str) -> dict | None:
 
 
 def run_backtrans(
-    rows: Path, n: int, latency_ms: float, concurrency: int, workdir: Path, *, actors=None, timeout_s, profile=None
+    rows: Path,
+    n: int,
+    latency_ms: float,
+    concurrency: int,
+    workdir: Path,
+    *,
+    actors=None,
+    timeout_s,
+    profile=None,
+    latency_sigma: float = 0.0,
 ) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / "out"
@@ -346,6 +360,7 @@ def run_backtrans(
         workdir=workdir,
         timeout_s=timeout_s,
         profile=profile,
+        latency_sigma=latency_sigma,
     )
     if "ended" not in figures:
         figures["output"] = _backtrans_output(out)

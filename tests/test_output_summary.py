@@ -65,6 +65,7 @@ def test_the_summary_keeps_its_keys_and_reads_back(tmp_path):
             "rows": 3,
             "prompt_tokens": 30,
             "completion_tokens": 0,
+            "cache_hits": 0,
         }
     }
     assert on_disk["phases"] == {"startup": 1.5, "stages": None, "write_curate": None, "compaction": None, "push": None}

@@ -43,6 +43,10 @@ class SimulatorConfig(BaseModel):
     latency_ms: NonNegative = 0.0
     # Extra latency drawn uniformly from [0, jitter_ms] per request.
     jitter_ms: NonNegative = 0.0
+    # Log-normal latencies, as real APIs have: latency_ms is the median, each request's latency is
+    # latency_ms x exp(latency_sigma x a standard normal draw) (0: every request takes latency_ms).
+    # sigma 0.57 with a 4 s median gives a p99 of about 15 s.
+    latency_sigma: NonNegative = 0.0
     seed: int = 0
     rate_429: Rate = 0.0
     rate_503: Rate = 0.0

@@ -423,6 +423,8 @@ class ChatApp:
         config = self.state.config
         u = self.state.rng.random()
         jitter_ms = self.state.rng.random() * config.jitter_ms
+        if config.latency_sigma:  # drawn only when set, so runs without it keep their seeded sequence
+            jitter_ms += config.latency_ms * (math.exp(config.latency_sigma * self.state.rng.gauss()) - 1)
         threshold = 0.0
         for name in RATE_FIELDS:
             threshold += getattr(config, name)

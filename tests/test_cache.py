@@ -1,0 +1,181 @@
+"""The reply cache (backtrans/cache.py): what its key holds, that replies survive the actor, and the
+pay-once rules of whole runs, counted in the simulator's request log."""
+
+import hashlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from backtrans.backends import Reply
+from backtrans.cache import ReplyCache, compact, load_replies, request_key, stage_dir
+from backtrans.config import StageConfig, load_config
+from backtrans.output import OutputFolder
+from backtrans.prompts import SELF_CURATION, load_template, render
+from backtrans.simulator import Simulator, SimulatorConfig
+from tests.helpers import (
+    checkpointed_ids,
+    read_output,
+    score_only_config,
+    seed_config,
+    wait_until_quiet,
+    write_instruction_jsonl,
+    write_pairs_jsonl,
+    write_score_job,
+)
+from tests.test_resume import _cli
+
+ROWS = 400
+CONCURRENCY = 8
+
+
+def _stage(**changes) -> StageConfig:
+    return StageConfig(**{"backend": "openai", "model": "judge", **changes})
+
+
+def test_the_key_holds_what_is_asked_and_not_how_it_is_paced():
+    key = request_key("score", _stage(), "prompt")
+    paced = _stage(max_concurrency=4096, actors=3, max_retries=0, base_url="http://127.0.0.1:1/v1")
+    assert key == request_key("score", paced, "prompt")
+    assert key != request_key("generate", _stage(), "prompt")
+    assert key != request_key("score", _stage(model="judge-2"), "prompt")
+    assert key != request_key("score", _stage(generation_kwargs={"temperature": 0.7}), "prompt")
+    assert key != request_key("score", _stage(), "prompt 2")
+    assert key != request_key("score", _stage(), "prompt", ask=2)  # a re-asked prompt is another request
+
+
+def test_replies_are_written_every_share_of_concurrency_and_load_in_a_new_actor(tmp_path):
+    folder = OutputFolder.at(str(tmp_path))
+    cache = ReplyCache(folder, "score", _stage(), flush_rows=2)
+    replies = {cache.key(f"p{i}"): Reply(f"r{i}", 3, 4, "stop") for i in range(5)}
+    for key, reply in replies.items():
+        cache.put(key, reply)
+    # Two shards of two; the fifth reply waits for the next flush (at most flush_rows - 1 unwritten).
+    assert len(folder.parquet_files(stage_dir(folder, "score"))) == 2
+    assert len(load_replies(folder, "score")) == 4
+    cache.flush()
+    assert load_replies(folder, "score") == replies
+    assert ReplyCache(folder, "score", _stage(), flush_rows=2).get(cache.key("p4")) == Reply("r4", 3, 4, "stop")
+    compact(folder, "score")
+    assert len(folder.parquet_files(stage_dir(folder, "score"))) == 1 and load_replies(folder, "score") == replies
+
+
+def _prompt(row: int) -> str:
+    return render(load_template(SELF_CURATION), instruction=f"What is fact {row}?", generation=f"Fact {row} is a fact.")
+
+
+def _cached_rows(output: Path, stage: StageConfig, rows: int) -> set[int]:
+    """The rows whose scoring reply is in the output's cache."""
+    cached = load_replies(OutputFolder.at(str(output)), "score")
+    return {i for i in range(rows) if request_key("score", stage, _prompt(i)) in cached}
+
+
+def _sent_rows(sim, rows: int) -> set[int]:
+    """The rows whose scoring prompt the simulator's log holds."""
+    sent = {entry["prompt_sha256"] for entry in sim.log()}
+    return {i for i in range(rows) if hashlib.sha256(_prompt(i).encode()).hexdigest() in sent}
+
+
+@pytest.mark.integration  # runs the CLI, which starts a Ray
+def test_sigkill_with_the_default_commit_then_rerun_pays_only_for_what_was_in_flight(tmp_path):
+    source = write_pairs_jsonl(tmp_path / "pairs.jsonl", ROWS)
+    output = tmp_path / "out"
+    with Simulator(SimulatorConfig(latency_ms=150)) as sim:
+        # output.commit_rows stays at its default (1,024): no shard of this run is committed before it ends.
+        job = tmp_path / "job.yaml"
+        config = write_score_job(job, source, output, sim.url, concurrency=CONCURRENCY, commit_rows=1024)
+        first = _cli(config, start_new_session=True)  # its own process group: the local Ray dies with it
+        deadline = time.time() + 240
+        while sim.stats()["by_kind"]["score"] < ROWS * 0.4 and first.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert first.poll() is None, first.stdout.read()[-2000:]
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        wait_until_quiet(sim)
+        sent_first = sim.stats()["by_kind"]["score"]
+        committed = checkpointed_ids(output)
+        cached = _cached_rows(output, load_config(config).score, ROWS)
+        sim.reset()
+
+        second = _cli(config)
+        out, _ = second.communicate(timeout=300)
+        assert second.returncode == 0, out[-3000:]
+        sent_again = _sent_rows(sim, ROWS)
+        sent_second = sim.stats()["by_kind"]["score"]
+
+    paid_twice = sent_first + sent_second - ROWS
+    print(f"N={ROWS} C={CONCURRENCY}: first run {sent_first} requests, {len(cached)} replies cached at the kill, "
+          f"{len(committed)} rows committed; second run {sent_second} requests; paid twice {paid_twice}")  # fmt: skip
+    assert ROWS * 0.4 <= sent_first < ROWS and cached
+    # Every row not cached at the kill is sent once, and no cached row again (committed rows are not read).
+    assert sent_second <= ROWS - len(cached)
+    assert len(sent_again) == sent_second and not sent_again & cached
+    # The pay-once bound: at most the requests in flight at the kill, plus the finished replies not yet
+    # written (fewer than an actor's share of max_concurrency), are paid twice.
+    assert sent_first + sent_second <= ROWS + 2 * CONCURRENCY
+    table = read_output(output)
+    assert sorted(table.column("instruction").to_pylist()) == sorted(f"What is fact {i}?" for i in range(ROWS))
+    assert None not in table.column("score").to_pylist()
+    # The summary says what came from the cache (rows committed before the kill are not read again);
+    # the completed run dropped the cache.
+    stages = json.loads((output / "run_summary.json").read_text())["stages"]
+    assert stages["score"]["cache_hits"] + sent_second == ROWS - len(committed)
+    assert stages["score"]["requests"] == sent_second
+    assert not (output / ".cache").exists()
+
+
+def test_a_rescore_with_another_judge_takes_the_cached_generations(tmp_path, local_ray):
+    from backtrans.job import run_job
+
+    source = write_instruction_jsonl(tmp_path / "seed.jsonl", 40)
+    output = tmp_path / "out"
+    with Simulator(SimulatorConfig(latency_ms=20)) as sim:
+        first = seed_config(str(source), output, sim.url, output__keep_cache=True)
+        assert run_job(first).summary.complete
+        assert (output / ".cache" / "generate").is_dir()  # kept on request
+        assert sim.stats()["by_kind"]["generate"] == 40
+        sim.reset()
+
+        rescore = seed_config(str(source), output, sim.url, output__keep_cache=True, output__mode="overwrite",
+                              score__model="judge-model-2")  # fmt: skip
+        summary = run_job(rescore).summary
+        stats = sim.stats()["by_kind"]
+
+    assert stats.get("generate", 0) == 0  # every generation came from the cache
+    assert stats["score"] == 40  # the new judge is asked about every pair
+    assert summary.stages["generate"].cache_hits == 40 and summary.stages["generate"].requests == 0
+    assert summary.stages["score"].cache_hits == 0
+    table = read_output(output)
+    assert table.num_rows == 40 and set(table.column("scoring_model").to_pylist()) == {"judge-model-2"}
+
+
+def test_a_budget_stop_then_rerun_pays_only_for_what_was_not_cached(tmp_path, local_ray):
+    from backtrans.job import JobError, run_job
+
+    rows = 200
+    source = write_pairs_jsonl(tmp_path / "pairs.jsonl", rows)
+    output = tmp_path / "out"
+    with Simulator(SimulatorConfig(latency_ms=20)) as sim:
+        config = score_only_config(source, output, sim.url, max_requests=60)
+        with pytest.raises(JobError, match="max_requests"):
+            run_job(config)
+        sent_first = sim.stats()["by_kind"]["score"]
+        cached = _cached_rows(output, config.score, rows)
+        committed = checkpointed_ids(output)
+        sim.reset()
+
+        summary = run_job(score_only_config(source, output, sim.url, max_requests=1000)).summary
+        sent_second = sim.stats()["by_kind"]["score"]
+
+    # Replies of the batch that hit the budget are written before the stop is raised; other batches of
+    # the actor may still have had requests in flight.
+    assert sent_first > 0 and len(cached) >= sent_first - CONCURRENCY
+    assert sent_second <= rows - len(cached)
+    assert sent_first + sent_second <= rows + 2 * CONCURRENCY
+    assert summary.complete and summary.rows == rows
+    assert summary.stages["score"].requests == sent_second
+    assert summary.stages["score"].cache_hits + sent_second == rows - len(committed)
+    assert not (output / ".cache").exists()  # dropped: the run completed
