@@ -77,11 +77,11 @@ class OutputFolder:
 
     @property
     def segment_rows(self) -> str:
-        return os.path.join(self.segments, "rows")
+        return self.path(".segments", "rows")
 
     @property
     def segment_counts(self) -> str:
-        return os.path.join(self.segments, "filter_counts.json")
+        return self.path(".segments", "filter_counts.json")
 
     @property
     def compact(self) -> str:
