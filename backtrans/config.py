@@ -222,7 +222,9 @@ class SegmentsConfig(_Strict):
 
 
 class OutputConfig(_Strict):
-    path: str = _field("out/instruction-backtranslation", "local folder or any URI Ray writes")
+    path: str = _field(
+        "out/instruction-backtranslation", "local folder, or a URI pyarrow opens (`s3://`, `gs://`, `abfs://`)"
+    )
     columns: list[str] = _field(
         lambda: list(DEFAULT_COLUMNS),
         "columns kept, in order; may add source columns, `error` (failure record), `row_id` (the stable id), "
@@ -236,6 +238,10 @@ class OutputConfig(_Strict):
     mode: Literal["resume", "overwrite"] = _field(
         "resume", "`resume`: continue an unfinished output, skip a finished one; `overwrite`: start over"
     )
+    shared: bool = _field(
+        False, "a local `path` that every node of the cluster mounts (NFS): without it, a local path on a "
+        "cluster of more than one node is refused"
+    )  # fmt: skip
 
 
 class HubConfig(_Strict):

@@ -21,14 +21,14 @@ from backtrans.card import render_card
 from backtrans.compaction import finish_compaction, write_compacted
 from backtrans.config import JobConfig, StageConfig
 from backtrans.curated import add_messages, subset_moves, with_origin, write_subsets
-from backtrans.errors import root_failure
+from backtrans.errors import Secret, root_failure
 from backtrans.hub import check_access, push
 from backtrans.metrics import start_metrics
 from backtrans.output import PLOT_FILE, OutputFolder, write_rows
 from backtrans.pacing import budget_left
 from backtrans.plot import plot_scores
 from backtrans.prompts import BACKWARD, INSTRUCTION, SEGMENT, SELF_CURATION, load_template
-from backtrans.resources import IO_CPUS, configure_ray_data, map_blocks
+from backtrans.resources import IO_CPUS, configure_ray_data, map_blocks, repartition
 from backtrans.schema import ERROR, MESSAGES, ORIGIN, ORIGIN_SEED, ORIGIN_WEB, SCORE, SCORE_PREV, BacktransError
 from backtrans.segments.filter_pass import filter_counts, read_segments, write_segments
 from backtrans.sources import ResolvedFiles, read_source, require_columns, resolve_files
@@ -103,12 +103,14 @@ def _stage_spec(name: str, stage: StageConfig, base_url: str | None, metrics_nam
     # One actor keeps 64 requests in flight at ~1.5 ms of CPU each (BENCHMARKS.md); every further
     # actor is a process that imports Ray Data and the client while the job starts.
     actors = min(stage.actors or math.ceil(stage.max_concurrency / REQUESTS_PER_ACTOR), stage.max_concurrency)
+    api_key = backend_for(stage).api_key(stage, name)  # here: only the driver's environment is sure to have it
     return StageSpec(
         name=name,
         config=stage.model_copy(update={"actors": actors}),
         base_url=base_url,
         template_path=_template_path(name, stage),
         metrics_actor=metrics_name,
+        api_key=Secret(api_key) if api_key else None,
     )
 
 
@@ -129,6 +131,16 @@ def _add_stage(dataset: ray.data.Dataset, spec: StageSpec) -> ray.data.Dataset:
             max_tasks_in_flight_per_actor=tasks_per_actor + 1,
         ),
     )
+
+
+def _check_output_reachable(config: JobConfig, folder: OutputFolder) -> None:
+    """Write tasks run on every node: a local folder there would scatter the shards over their disks."""
+    nodes = sum(node["Alive"] for node in ray.nodes())
+    if folder.is_local and nodes > 1 and not config.output.shared:
+        raise JobError(
+            f"output.path {config.output.path} is a local folder and the cluster has {nodes} nodes: use object "
+            "storage (s3://...) or set output.shared: true for a folder every node mounts"
+        )
 
 
 def _check_output_columns(config: JobConfig, source_columns: list[str]) -> None:
@@ -267,6 +279,7 @@ def run_job(config: JobConfig, started: float | None = None) -> RunResult:
     includes the imports and Ray's start."""
     started = time.time() if started is None else started
     folder = OutputFolder.at(config.output.path)
+    _check_output_reachable(config, folder)
     repo_id = check_access(config.hub) if config.hub.repo_id else None  # before any request is spent
     done = read_summary(folder) if config.output.mode == "resume" else None
     if done is not None and done.complete:
@@ -295,7 +308,7 @@ def run_job(config: JobConfig, started: float | None = None) -> RunResult:
         dataset, columns = _read_candidates(config, folder, metrics_name, source_files, source_columns)
         _check_output_columns(config, columns)
         # Reads give blocks of up to 128 KiB (sources.SOURCE_BLOCK_BYTES); the stages want 64 rows (ROWS_PER_TASK).
-        dataset = dataset.repartition(target_num_rows_per_block=ROWS_PER_TASK)
+        dataset = repartition(dataset, ROWS_PER_TASK)
         for name, stage in _active_stages(budgeted).items():
             dataset = _add_stage(dataset, _stage_spec(name, stage, base_urls[name], metrics_name))
         try:

@@ -60,6 +60,10 @@ class OutputFolder:
             return cls(root.rstrip("/"), filesystem)
         return cls(os.path.abspath(os.path.expanduser(uri)), pafs.LocalFileSystem())
 
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.filesystem, pafs.LocalFileSystem)
+
     def path(self, *parts: str) -> str:
         return "/".join((self.root, *parts))
 

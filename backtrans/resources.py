@@ -9,10 +9,10 @@ whole plan fits beside the checkpoint filter.
 import ray
 
 IO_CPUS = 0.1
-# Compaction and the curated subsets run after the stages, when no actor holds a CPU: Ray's default
-# of a whole CPU per task runs one task per core, where a tenth of a CPU would start up to ten
-# worker processes per core for a few seconds of work.
-AFTER_STAGES_CPUS = 1
+# Compaction and the curated subsets run after the stages, when no actor holds a CPU: half a CPU
+# runs two tasks per core (a tenth would start up to ten worker processes per core for a few seconds
+# of work), and fits on a 1-CPU node that something else holds a share of.
+AFTER_STAGES_CPUS = 0.5
 
 
 def map_blocks(dataset, fn, *args, num_cpus: float = IO_CPUS):
@@ -21,6 +21,15 @@ def map_blocks(dataset, fn, *args, num_cpus: float = IO_CPUS):
     into blocks of thousands of rows), and IO_CPUS, so Ray fuses it into the task before it instead
     of scheduling it as an operator that waits for a whole CPU (`num_cpus`: the read's)."""
     return dataset.map_batches(fn, fn_args=args, batch_format="pyarrow", batch_size=None, num_cpus=num_cpus)
+
+
+def repartition(dataset, rows_per_block: int):
+    """`repartition(target_num_rows_per_block=...)` as a task of IO_CPUS: it only moves blocks, yet Ray
+    gives it no num_cpus option and a whole CPU, which a 1-CPU node whose share the stage actors hold
+    never frees. Private API (the logical operator's `ray_remote_args`), checked against Ray 2.60."""
+    repartitioned = dataset.repartition(target_num_rows_per_block=rows_per_block)
+    repartitioned._logical_plan.dag.ray_remote_args["num_cpus"] = IO_CPUS
+    return repartitioned
 
 
 def configure_ray_data() -> None:

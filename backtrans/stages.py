@@ -26,7 +26,7 @@ from backtrans import schema
 from backtrans.backends import Reply, backend_for
 from backtrans.config import StageConfig
 from backtrans.endpoints import ChatEndpoint, EndpointFailure
-from backtrans.errors import one_line
+from backtrans.errors import Secret, one_line
 from backtrans.metrics import StageCounts, StopReason
 from backtrans.parse import parse_verdict
 from backtrans.prompts import load_template, render
@@ -37,13 +37,14 @@ GAUGE_INTERVAL_S = 2.0  # how often an actor reports its requests in flight
 
 @dataclass(frozen=True)
 class StageSpec:
-    """Everything an actor needs to build its stage; small and picklable, holds no key."""
+    """Everything an actor needs to build its stage; small and picklable, its repr shows no key."""
 
     name: str  # config section: "augment" | "generate" | "score"
     config: StageConfig
     base_url: str | None
     template_path: str
     metrics_actor: str  # name of the RunMetrics actor
+    api_key: Secret | None = None  # read on the driver: the actors' nodes may not have it in their environment
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,8 @@ class RemoteMetrics:
 
 
 def default_endpoint(spec: StageSpec) -> ChatEndpoint:
-    client = backend_for(spec.config).connect(spec.name, spec.config, spec.base_url)
+    api_key = spec.api_key.reveal() if spec.api_key is not None else None
+    client = backend_for(spec.config).connect(spec.name, spec.config, spec.base_url, api_key)
     return ChatEndpoint(spec.name, spec.config, client)
 
 
