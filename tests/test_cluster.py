@@ -27,15 +27,16 @@ ROWS = 120
 def cluster():
     ray.shutdown()  # the session's local Ray
     assert KEY_ENV not in os.environ  # the nodes inherit this environment: the key must not be in it
-    for attempt in range(2):  # "node timed out during startup" happens on a loaded 2-core machine; once more
-        nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True})
+    for attempt in range(3):  # "node timed out during startup" happens on a loaded 2-core machine; again
+        nodes = Cluster()
         try:
+            nodes.add_node(num_cpus=1, include_dashboard=True)  # the head
             workers = [nodes.add_node(num_cpus=1) for _ in range(2)]
             nodes.wait_for_nodes()
             break
         except Exception:
             nodes.shutdown()
-            if attempt:
+            if attempt == 2:
                 raise
     os.environ[KEY_ENV] = CANARY  # from here on, only the driver's environment has it
     context = ray.init(address=nodes.address, log_to_driver=False)
