@@ -90,7 +90,7 @@ def test_key_only_on_the_driver_reaches_every_node_and_no_listing(cluster, tmp_p
 
     nodes, _, dashboard_url = cluster
     jobs = JobSubmissionClient(f"http://{dashboard_url}").list_jobs()  # what `ray job list` shows
-    assert jobs and CANARY not in json.dumps([job.dict() for job in jobs], default=str)
+    assert jobs and CANARY not in json.dumps([job.model_dump() for job in jobs], default=str)
     logs = Path(nodes.head_node.get_session_dir_path()) / "logs"
     for log in logs.rglob("*"):
         if log.is_file():
