@@ -252,7 +252,9 @@ class SegmentsConfig(_Strict):
 
 
 class OutputConfig(_Strict):
-    path: str = _field("out/instruction-backtranslation", "local folder or any URI Ray writes")
+    path: str = _field(
+        "out/instruction-backtranslation", "local folder, or a URI pyarrow opens (`s3://`, `gs://`, `abfs://`)"
+    )
     columns: list[str] = _field(
         lambda: list(DEFAULT_COLUMNS),
         "columns kept, in order; may add source columns, `error` (failure record), `row_id` (the stable id), "
@@ -270,6 +272,10 @@ class OutputConfig(_Strict):
     keep_cache: bool = _field(
         False, "keep the reply cache (`OUTPUT/.cache`, every finished reply) when the run completes, e.g. for a "
         "re-score that re-uses the generations; an unfinished run always keeps it, so a re-run never pays twice"
+    )  # fmt: skip
+    shared: bool = _field(
+        False, "a local `path` that every node of the cluster mounts (NFS): without it, a local path on a "
+        "cluster of more than one node is refused"
     )  # fmt: skip
 
 

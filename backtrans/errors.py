@@ -14,6 +14,26 @@ import re
 KEY_LIKE = re.compile(r"\b(?i:sk|hf|api|key)[-_](?=[A-Za-z0-9*_-]*[0-9A-Z*])[A-Za-z0-9*_-]{6,}")
 
 
+class Secret:
+    """A key read on the driver and handed to the stage actors inside their constructor arguments,
+    which Ray pickles into its object store: unlike a runtime_env or job metadata, those are never
+    listed by `ray job list`, the dashboard or the state API. Its repr and str never show the key, so
+    neither can a log line or an error message that prints it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
 def one_line(error: BaseException, secret: str | None = None) -> str:
     """A short message safe for logs and output: first line, keys masked."""
     lines = str(error).strip().splitlines()

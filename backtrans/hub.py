@@ -10,17 +10,24 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
+import time
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, RepositoryNotFoundError
 
 from backtrans.config import HubConfig
+from backtrans.endpoints import retry_after_s
 from backtrans.output import CURATED_DIR, DATA_DIR, OutputFolder
 from backtrans.schema import BacktransError
 from backtrans.summary import Pushed
 
 # Org roles that may create and write repos (the Hub's "read" role may not).
 WRITING_ROLES = {"contributor", "write", "admin"}
+# The Hub's transient answers: rate limits, server errors, and 412 when another commit moved the
+# branch between our listing and our commit (the next attempt lists again).
+PUSH_ATTEMPTS = 4
+PUSH_BACKOFF_S = 0.5
 
 
 class HubError(BacktransError):
@@ -78,30 +85,45 @@ def _uploads(folder: OutputFolder) -> list[str]:
     return shards + [path for path in (folder.card, folder.plot, folder.summary) if folder.exists(path)]
 
 
+def _commit(api: HfApi, folder: OutputFolder, hub: HubConfig, repo_id: str) -> str:
+    """One attempt: every file opened anew, streamed from the folder's filesystem (ranged reads on an
+    object store, never a local copy of the run), and the repo's listing taken anew."""
+    api.create_repo(repo_id, repo_type="dataset", private=hub.private, exist_ok=True)
+    with contextlib.ExitStack() as files:
+        adds = {
+            folder.relative(path): CommitOperationAdd(folder.relative(path), files.enter_context(folder.open(path)))
+            for path in _uploads(folder)
+        }
+        stale = [
+            CommitOperationDelete(path)
+            for path in api.list_repo_files(repo_id, repo_type="dataset")
+            if path.startswith((f"{DATA_DIR}/", f"{CURATED_DIR}/")) and path not in adds
+        ]
+        return api.create_commit(
+            repo_id,
+            [*stale, *adds.values()],
+            repo_type="dataset",
+            commit_message="Upload instruction backtranslation data (backtrans)",
+        ).oid
+
+
+def _transient(error: HfHubHTTPError) -> bool:
+    status = error.response.status_code if error.response is not None else None
+    return status is not None and (status in (412, 429) or status >= 500)
+
+
 def push(folder: OutputFolder, hub: HubConfig, repo_id: str) -> Pushed:
-    """Create the dataset repo if needed and commit the output's files in one commit."""
+    """Create the dataset repo if needed and commit the output's files in one commit, retrying the
+    Hub's transient answers with exponential backoff and jitter, honouring Retry-After."""
     api = HfApi(token=hub_token(hub))
-    try:
-        api.create_repo(repo_id, repo_type="dataset", private=hub.private, exist_ok=True)
-        with contextlib.ExitStack() as files:
-            adds = {
-                folder.relative(path): CommitOperationAdd(folder.relative(path), files.enter_context(folder.open(path)))
-                for path in _uploads(folder)
-            }
-            stale = [
-                CommitOperationDelete(path)
-                for path in api.list_repo_files(repo_id, repo_type="dataset")
-                if path.startswith((f"{DATA_DIR}/", f"{CURATED_DIR}/")) and path not in adds
-            ]
-            commit = api.create_commit(
-                repo_id,
-                [*stale, *adds.values()],
-                repo_type="dataset",
-                commit_message="Upload instruction backtranslation data (backtrans)",
-            )
-    except HfHubHTTPError as error:
-        raise PushFailed(
-            f"hub: pushing to {repo_id} failed ({_first_line(error)}); the output is complete, "
-            "run the same command again to push it"
-        ) from None
-    return Pushed(repo=repo_id, commit=commit.oid)
+    for attempt in range(PUSH_ATTEMPTS):
+        try:
+            return Pushed(repo=repo_id, commit=_commit(api, folder, hub, repo_id))
+        except HfHubHTTPError as error:
+            if attempt + 1 == PUSH_ATTEMPTS or not _transient(error):
+                raise PushFailed(
+                    f"hub: pushing to {repo_id} failed ({_first_line(error)}); the output is complete, "
+                    "run the same command again to push it"
+                ) from None
+            wait = retry_after_s(error.response.headers)
+            time.sleep(wait if wait is not None else PUSH_BACKOFF_S * 2**attempt * random.uniform(1, 2))

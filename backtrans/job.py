@@ -20,7 +20,7 @@ from backtrans.card import render_card
 from backtrans.compaction import finish_compaction, write_compacted
 from backtrans.config import JobConfig, StageConfig
 from backtrans.curated import add_messages, subset_moves, with_origin, write_subsets
-from backtrans.errors import root_failure
+from backtrans.errors import Secret, root_failure
 from backtrans.hub import check_access, push
 from backtrans.metrics import start_metrics
 from backtrans.output import PLOT_FILE, OutputFolder, write_rows
@@ -28,7 +28,15 @@ from backtrans.pacing import budget_left
 from backtrans.plot import plot_scores
 from backtrans.progress import show_progress
 from backtrans.prompts import BACKWARD, INSTRUCTION, SEGMENT, SELF_CURATION, SELF_CURATION_JSON, load_template
-from backtrans.resources import DEFAULT_ACTORS, ROWS_PER_TASK, configure_ray_data, map_blocks, plan_cpus, stage_pool
+from backtrans.resources import (
+    DEFAULT_ACTORS,
+    ROWS_PER_TASK,
+    configure_ray_data,
+    map_blocks,
+    plan_cpus,
+    repartition,
+    stage_pool,
+)
 from backtrans.schema import ERROR, MESSAGES, ORIGIN, ORIGIN_SEED, ORIGIN_WEB, SCORE, SCORE_PREV, BacktransError
 from backtrans.segments.filter_pass import filter_counts, read_segments, write_segments
 from backtrans.sources import ResolvedFiles, read_source, require_columns, resolve_files
@@ -114,6 +122,7 @@ def _check_fits(config: JobConfig) -> None:
 
 
 def _stage_spec(name: str, stage: StageConfig, base_url: str | None, metrics_name: str, output_path: str) -> StageSpec:
+    api_key = backend_for(stage).api_key(stage, name)  # here: only the driver's environment is sure to have it
     return StageSpec(
         name=name,
         config=stage.model_copy(update={"actors": _actors(stage)}),
@@ -121,6 +130,7 @@ def _stage_spec(name: str, stage: StageConfig, base_url: str | None, metrics_nam
         template_path=_template_path(name, stage),
         metrics_actor=metrics_name,
         output_path=output_path,
+        api_key=Secret(api_key) if api_key else None,
     )
 
 
@@ -131,6 +141,16 @@ def _add_stage(dataset: ray.data.Dataset, spec: StageSpec) -> ray.data.Dataset:
         batch_format="pyarrow",
         **stage_pool(spec.config.max_concurrency, spec.config.actors),
     )
+
+
+def _check_output_reachable(config: JobConfig, folder: OutputFolder) -> None:
+    """Write tasks run on every node: a local folder there would scatter the shards over their disks."""
+    nodes = sum(node["Alive"] for node in ray.nodes())
+    if folder.is_local and nodes > 1 and not config.output.shared:
+        raise JobError(
+            f"output.path {config.output.path} is a local folder and the cluster has {nodes} nodes: use object "
+            "storage (s3://...) or set output.shared: true for a folder every node mounts"
+        )
 
 
 def _check_output_columns(config: JobConfig, source_columns: list[str]) -> None:
@@ -269,6 +289,7 @@ def run_job(config: JobConfig, started: float | None = None) -> RunResult:
     includes the imports and Ray's start."""
     started = time.time() if started is None else started
     folder = OutputFolder.at(config.output.path)
+    _check_output_reachable(config, folder)
     repo_id = check_access(config.hub) if config.hub.repo_id else None  # before any request is spent
     done = read_summary(folder) if config.output.mode == "resume" else None
     if done is not None and done.complete:
@@ -298,7 +319,7 @@ def run_job(config: JobConfig, started: float | None = None) -> RunResult:
         dataset, columns = _read_candidates(config, folder, metrics_name, source_files, source_columns)
         _check_output_columns(config, columns)
         # Reads give blocks of up to 128 KiB (sources.SOURCE_BLOCK_BYTES); the stages want 64 rows (ROWS_PER_TASK).
-        dataset = dataset.repartition(target_num_rows_per_block=ROWS_PER_TASK)
+        dataset = repartition(dataset, ROWS_PER_TASK)
         for name, stage in _active_stages(budgeted).items():
             compact_cache(folder, name)  # before its actors start and load it
             dataset = _add_stage(dataset, _stage_spec(name, stage, base_urls[name], metrics_name, config.output.path))

@@ -95,4 +95,9 @@ class RunMetrics:
 
 
 def start_metrics(name: str):
-    return RunMetrics.options(name=name).remote()
+    """On the driver's node (the head under `ray job submit`), which lives as long as the job: a
+    worker node lost half way must not take the run's counts with it."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return RunMetrics.options(name=name, scheduling_strategy=here).remote()

@@ -62,6 +62,10 @@ class OutputFolder:
             return cls(root.rstrip("/"), filesystem)
         return cls(os.path.abspath(os.path.expanduser(uri)), pafs.LocalFileSystem())
 
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.filesystem, pafs.LocalFileSystem)
+
     def path(self, *parts: str) -> str:
         return "/".join((self.root, *parts))
 
@@ -79,11 +83,11 @@ class OutputFolder:
 
     @property
     def segment_rows(self) -> str:
-        return os.path.join(self.segments, "rows")
+        return self.path(".segments", "rows")
 
     @property
     def segment_counts(self) -> str:
-        return os.path.join(self.segments, "filter_counts.json")
+        return self.path(".segments", "filter_counts.json")
 
     @property
     def cache(self) -> str:

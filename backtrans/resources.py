@@ -25,10 +25,10 @@ DEFAULT_ACTORS = 1
 # What the plan holds besides the stage actors: Ray's checkpoint filter actor (a whole CPU, not
 # configurable) and a read and a write task at a time.
 OTHER_OPERATORS_CPUS = 1 + 2 * IO_CPUS
-# Compaction and the curated subsets run after the stages, when no actor holds a CPU: Ray's default
-# of a whole CPU per task runs one task per core, where a tenth of a CPU would start up to ten
-# worker processes per core for a few seconds of work.
-AFTER_STAGES_CPUS = 1
+# Compaction and the curated subsets run after the stages, when no actor holds a CPU: half a CPU
+# runs two tasks per core (a tenth would start up to ten worker processes per core for a few seconds
+# of work), and fits on a 1-CPU node that something else holds a share of.
+AFTER_STAGES_CPUS = 0.5
 
 
 def map_blocks(dataset, fn, *args, num_cpus: float = IO_CPUS):
@@ -58,6 +58,15 @@ def stage_pool(max_concurrency: int, actors: int) -> dict:
 def plan_cpus(stage_actors: dict[str, int]) -> float:
     """CPUs the stages' plan holds at once with these actors per stage."""
     return sum(stage_actors.values()) * IO_CPUS + OTHER_OPERATORS_CPUS
+
+
+def repartition(dataset, rows_per_block: int):
+    """`repartition(target_num_rows_per_block=...)` as a task of IO_CPUS: it only moves blocks, yet Ray
+    gives it no num_cpus option and a whole CPU, which a 1-CPU node whose share the stage actors hold
+    never frees. Private API (the logical operator's `ray_remote_args`), checked against Ray 2.60."""
+    repartitioned = dataset.repartition(target_num_rows_per_block=rows_per_block)
+    repartitioned._logical_plan.dag.ray_remote_args["num_cpus"] = IO_CPUS
+    return repartitioned
 
 
 def configure_ray_data() -> None:

@@ -48,7 +48,7 @@ class SourceError(BacktransError, ValueError):
 @dataclass(frozen=True)
 class ResolvedFiles:
     paths: list[str]  # as the filesystem below expects them
-    filesystem: object | None  # a pyarrow/fsspec filesystem, or None for Ray's own resolution
+    filesystem: object | None  # a pyarrow (object stores) or fsspec (the Hub) filesystem; None: local files
     file_format: str  # "parquet" | "jsonl"
 
 
@@ -99,6 +99,17 @@ def _local_files(uri: str) -> list[str]:
     return sorted(os.path.abspath(f) for f in found)
 
 
+def _remote_files(filesystem: pafs.FileSystem, path: str, uri: str) -> list[str]:
+    """A file, or the .parquet/.jsonl files under a folder, on an object store."""
+    if filesystem.get_file_info(path).type == pafs.FileType.File:
+        return [path]
+    inside = filesystem.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    found = sorted(info.path for info in inside if info.path.endswith(PARQUET_SUFFIXES + JSON_SUFFIXES))
+    if not found:
+        raise SourceError(f"source.uri {uri}: no .parquet or .jsonl files found")
+    return found
+
+
 def _hub_files(hub_path: str) -> list[str]:
     """Files under an explicit Hub path: a file, a folder, or a glob."""
     fs = _hub_filesystem()
@@ -125,14 +136,16 @@ def resolve_files(source: SourceConfig) -> ResolvedFiles:
         else:
             paths = _hub_files(uri.removeprefix(HF_PREFIX))
         return ResolvedFiles(paths, _hub_filesystem(), _format_of(paths, uri))
-    if "://" in uri:  # s3://, gs://, ...: Ray resolves the filesystem and expands folders itself
-        return ResolvedFiles([uri], None, _format_of([uri], uri) if "." in uri.rsplit("/", 1)[-1] else "parquet")
+    if "://" in uri:  # s3://, gs://, ...: listed here, so that every file is a read task of its own
+        filesystem, path = pafs.FileSystem.from_uri(uri)
+        paths = _remote_files(filesystem, path, uri)
+        return ResolvedFiles(paths, filesystem, _format_of(paths, uri))
     paths = _local_files(uri)
     return ResolvedFiles(paths, None, _format_of(paths, uri))
 
 
 def _read(files: ResolvedFiles, source: SourceConfig, metrics_actor: str | None = None) -> ray.data.Dataset:
-    # One read task per listed path (a remote folder URI is one path, its files read in turn),
+    # One read task per listed file, on whichever nodes are free,
     # streaming small blocks: Ray's default adds a `SplitBlocks` step that keeps the rename from
     # fusing into the read, and each task is one more worker process to start on a small machine;
     # the LLM stages, not the read, set the pace.
@@ -192,18 +205,13 @@ def read_source(
     return map_blocks(dataset, _rename_and_id, source.rename)
 
 
-def _first_file(files: ResolvedFiles, uri: str) -> tuple[pafs.FileSystem, str]:
+def _first_file(files: ResolvedFiles) -> tuple[pafs.FileSystem, str]:
     """The source's first file, and a pyarrow filesystem that opens it."""
+    if isinstance(files.filesystem, pafs.FileSystem):
+        return files.filesystem, files.paths[0]
     if files.filesystem is not None:  # the Hub's fsspec filesystem
         return pafs.PyFileSystem(pafs.FSSpecHandler(files.filesystem)), files.paths[0]
-    filesystem, path = pafs.FileSystem.from_uri(files.paths[0])
-    if filesystem.get_file_info(path).type == pafs.FileType.Directory:  # a remote folder Ray expands
-        inside = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
-        found = sorted(info.path for info in inside if info.path.endswith(PARQUET_SUFFIXES + JSON_SUFFIXES))
-        if not found:
-            raise SourceError(f"source.uri {uri}: no .parquet or .jsonl files found")
-        path = found[0]
-    return filesystem, path
+    return pafs.FileSystem.from_uri(files.paths[0])
 
 
 def source_columns(source: SourceConfig, files: ResolvedFiles | None = None) -> list[str]:
@@ -211,7 +219,7 @@ def source_columns(source: SourceConfig, files: ResolvedFiles | None = None) -> 
     keys of its first JSON Lines records. Read on the driver because a Ray Data schema probe of a
     JSONL source reads a whole file before the job starts (seconds per 100,000 lines)."""
     files = files or resolve_files(source)
-    filesystem, path = _first_file(files, source.uri)
+    filesystem, path = _first_file(files)
     if files.file_format == "parquet":
         names = pq.read_schema(path, filesystem=filesystem).names
     else:

@@ -27,7 +27,7 @@ from backtrans.backends import Reply, RequestOptions, backend_for
 from backtrans.cache import FLUSH_INTERVAL_S, ReplyCache
 from backtrans.config import StageConfig
 from backtrans.endpoints import ChatEndpoint, EndpointFailure
-from backtrans.errors import one_line
+from backtrans.errors import Secret, one_line
 from backtrans.metrics import StageCounts, StopReason
 from backtrans.output import OutputFolder
 from backtrans.parse import VERDICT_SCHEMA, json_verdict, parse_verdict, score_distribution
@@ -39,7 +39,7 @@ GAUGE_INTERVAL_S = 2.0  # how often an actor reports its requests in flight
 
 @dataclass(frozen=True)
 class StageSpec:
-    """Everything an actor needs to build its stage; small and picklable, holds no key."""
+    """Everything an actor needs to build its stage; small and picklable, its repr shows no key."""
 
     name: str  # config section: "augment" | "generate" | "score"
     config: StageConfig
@@ -47,6 +47,7 @@ class StageSpec:
     template_path: str
     metrics_actor: str  # name of the RunMetrics actor
     output_path: str | None = None  # `output.path`, where the reply cache lives; None: no cache
+    api_key: Secret | None = None  # read on the driver: the actors' nodes may not have it in their environment
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,8 @@ class RemoteMetrics:
 
 
 def default_endpoint(spec: StageSpec) -> ChatEndpoint:
-    client = backend_for(spec.config).connect(spec.name, spec.config, spec.base_url)
+    api_key = spec.api_key.reveal() if spec.api_key is not None else None
+    client = backend_for(spec.config).connect(spec.name, spec.config, spec.base_url, api_key)
     return ChatEndpoint(spec.name, spec.config, client)
 
 

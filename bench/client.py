@@ -57,7 +57,7 @@ async def _run(mode: str, url: str, n: int, c: int) -> dict:
         from backtrans.endpoints import ChatEndpoint
 
         stage = stage.model_copy(update={"generation_kwargs": {"max_new_tokens": 1024, "temperature": 0.7}})
-        endpoint = ChatEndpoint("generate", stage, backend_for(stage).connect("generate", stage, url))
+        endpoint = ChatEndpoint("generate", stage, backend_for(stage).connect("generate", stage, url, None))
 
         async def send(prompt: str) -> None:
             await endpoint.complete(prompt)

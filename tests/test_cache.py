@@ -179,3 +179,11 @@ def test_a_budget_stop_then_rerun_pays_only_for_what_was_not_cached(tmp_path, lo
     assert summary.stages["score"].requests == sent_second
     assert summary.stages["score"].cache_hits + sent_second == rows - len(committed)
     assert not (output / ".cache").exists()  # dropped: the run completed
+
+
+def test_a_cached_reply_keeps_its_token_logprobs():
+    from backtrans.backends.base import Reply, TokenLogprobs
+    from backtrans.cache import _reply_from_json, _reply_to_json
+
+    reply = Reply("Score: 5", 11, 3, "stop", (TokenLogprobs("5", {"5": -0.1, "4": -2.5}),))
+    assert _reply_from_json(_reply_to_json(reply)) == reply

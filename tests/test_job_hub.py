@@ -6,7 +6,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from backtrans.hub import HubError, PushFailed
+from backtrans.hub import PUSH_ATTEMPTS, HubError, PushFailed
 from backtrans.job import run_job
 from backtrans.simulator import Simulator, SimulatorConfig
 from tests.helpers import SEED_COLUMNS, assert_scores_match_simulator, seed_config, write_instruction_jsonl
@@ -90,7 +90,8 @@ def test_a_failed_push_is_done_by_the_next_run_without_model_requests(tmp_path, 
     with Simulator(SimulatorConfig(latency_ms=2)) as sim:
         config = seed_config(str(source), tmp_path / "out", sim.url)
         config.hub.repo_id = repo
-        fake_hub.fail_next("POST", rf"/api/datasets/{repo}/commit/main", status=500)
+        for _ in range(PUSH_ATTEMPTS):  # a 500 that outlasts the retries
+            fake_hub.fail_next("POST", rf"/api/datasets/{repo}/commit/main", status=500)
         with pytest.raises(PushFailed) as failed:
             run_job(config)
         assert str(failed.value).startswith(f"hub: pushing to {repo} failed (")

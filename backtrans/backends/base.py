@@ -149,7 +149,8 @@ class Backend:
         return stage.base_url
 
     def api_key(self, stage: StageConfig, stage_name: str) -> str | None:
-        """The key from the environment variable the config names; None when no variable is named."""
+        """The key from the environment variable the config names; None when no variable is named.
+        Read on the driver only: the stage actors get it from there (`stages.StageSpec.api_key`)."""
         if stage.api_key_env is None:
             return None
         key = os.environ.get(stage.api_key_env)
@@ -185,8 +186,9 @@ class Backend:
             shown = ", ".join(sorted(served)[:10])
             raise PreflightError(f"{stage_name}: model {stage.model!r} is not served by {url} (served: {shown})")
 
-    def connect(self, stage_name: str, stage: StageConfig, base_url: str | None) -> Client:
-        """The stage's client; every request it sends names the stage in `schema.STAGE_HEADER`."""
+    def connect(self, stage_name: str, stage: StageConfig, base_url: str | None, api_key: str | None) -> Client:
+        """The stage's client with the key `api_key` read on the driver; every request it sends names the
+        stage in `schema.STAGE_HEADER`."""
         raise NotImplementedError
 
 

@@ -104,5 +104,7 @@ class HFEndpointBackend(base.Backend):
         # AsyncInferenceClient takes the server root (it adds /v1/chat/completions itself).
         return base_url.rstrip("/").removesuffix("/v1") + "/v1/models"
 
-    def connect(self, stage_name: str, stage: StageConfig, base_url: str | None) -> HFEndpointClient:
-        return HFEndpointClient(stage_name, stage, base_url, self.api_key(stage, stage_name))
+    def connect(
+        self, stage_name: str, stage: StageConfig, base_url: str | None, api_key: str | None
+    ) -> HFEndpointClient:
+        return HFEndpointClient(stage_name, stage, base_url, api_key)

@@ -93,5 +93,5 @@ class OpenAIClient:
 class OpenAIBackend(Backend):
     name = "openai"
 
-    def connect(self, stage_name: str, stage: StageConfig, base_url: str | None) -> OpenAIClient:
-        return OpenAIClient(stage_name, stage, base_url, self.api_key(stage, stage_name))
+    def connect(self, stage_name: str, stage: StageConfig, base_url: str | None, api_key: str | None) -> OpenAIClient:
+        return OpenAIClient(stage_name, stage, base_url, api_key)

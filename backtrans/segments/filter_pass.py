@@ -14,20 +14,19 @@ actor gets one {reason: rows} dict per block, so the counts add up: rows in = ke
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from backtrans.config import JobConfig, SegmentsConfig, SourceConfig
-from backtrans.output import OutputFolder
+from backtrans.config import JobConfig, SegmentsConfig
+from backtrans.output import OutputFolder, write_parquet
 from backtrans.resources import IO_CPUS, map_blocks
 from backtrans.schema import GENERATION, ROW_HASH
 from backtrans.segments.dedup import REASONS, reasons_of, removed_rows
 from backtrans.segments.rules import RowRules, texts_of
-from backtrans.sources import ResolvedFiles, in_small_blocks, read_source, source_columns
+from backtrans.sources import ResolvedFiles, in_small_blocks, read_source
 
 REASON_COLUMN = "filter_reason"  # the pass's own label, never written
 KEPT = "kept"
@@ -135,8 +134,7 @@ def _as_candidate(batch: pa.Table, text_column: str) -> pa.Table:
 def filter_counts(folder: OutputFolder) -> dict | None:
     """The counts of a finished pass, or None when the pass has not finished."""
     try:
-        with open(folder.segment_counts, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(folder.read_text(folder.segment_counts))
     except FileNotFoundError:
         return None
 
@@ -146,22 +144,17 @@ def write_segments(config: JobConfig, folder: OutputFolder, metrics_actor: str, 
     done = filter_counts(folder)
     if done is not None:
         return done
-    shutil.rmtree(folder.segments, ignore_errors=True)  # a pass that was cut short starts again
+    folder.delete_dir(folder.segments)  # a pass that was cut short starts again
     metrics = ray.get_actor(metrics_actor)
     documents = read_source(config.source, metrics_actor, files)
     kept = filter_segments(documents, config.segments, metrics)
     candidates = map_blocks(kept, _as_candidate, config.segments.text_column)
-    candidates.write_parquet(
-        folder.segment_rows,
-        min_rows_per_file=config.output.min_rows_per_file,
-        ray_remote_args={"num_cpus": IO_CPUS},
-    )
+    write_parquet(candidates, folder, folder.segment_rows, config.output.min_rows_per_file, IO_CPUS)
     snapshot = ray.get(metrics.snapshot.remote())
     counts = summarize(snapshot.filter_counts)
     # Malformed JSONL lines skipped by the read (bad_lines: skip) never reached the filter.
     counts["skipped_lines"] = snapshot.skipped_lines
-    with open(folder.segment_counts, "w", encoding="utf-8") as f:
-        json.dump(counts, f, indent=2)
+    folder.write_text(folder.segment_counts, json.dumps(counts, indent=2))  # last: it marks the pass as done
     return counts
 
 
@@ -169,5 +162,6 @@ def read_segments(folder: OutputFolder) -> tuple[ray.data.Dataset, list[str]]:
     """The kept segments, with a fresh `row_hash` for the checkpoint (the files never change),
     and their columns."""
     rows = folder.segment_rows
-    dataset = in_small_blocks(ray.data.read_parquet(rows, include_row_hash=True, num_cpus=IO_CPUS))
-    return dataset, source_columns(SourceConfig(uri=rows))
+    read = ray.data.read_parquet(rows, filesystem=folder.filesystem, include_row_hash=True, num_cpus=IO_CPUS)
+    # The written columns (they hold `row_id`), then the id this read adds, as `sources.source_columns` gives.
+    return in_small_blocks(read), [*folder.schema(rows).names, ROW_HASH]

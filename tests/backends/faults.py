@@ -63,7 +63,8 @@ def send(config: StageConfig, base_url: str, prompt: str = "Hi?"):
     """(reply, None) or (None, the FailedAttempt the client's exception classifies as)."""
 
     async def once():
-        client = backend_for(config).connect("score", config, base_url)
+        backend = backend_for(config)
+        client = backend.connect("score", config, base_url, backend.api_key(config, "score"))
         try:
             return await client.send(prompt), None
         except Exception as error:
