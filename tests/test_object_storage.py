@@ -29,7 +29,7 @@ ROWS = 40
 
 
 @pytest.fixture(scope="module")
-def s3():
+def s3(tmp_path_factory):
     """moto_server on loopback, reached through AWS_ENDPOINT_URL, with a bucket; set before Ray
     starts, so that local Ray workers inherit it (the session's Ray is restarted for this module)."""
     with socket.socket() as probe:
@@ -38,7 +38,7 @@ def s3():
     server = subprocess.Popen(
         [shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server"), "-p", str(port)],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=(tmp_path_factory.mktemp("moto") / "moto_server.log").open("w"),  # its request log, for a failure
     )
     env = {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
