@@ -214,6 +214,22 @@ class CurationConfig(_Strict):
         "seed tag and a null score"
     )  # fmt: skip
 
+    @field_validator("subsets", mode="before")
+    @classmethod
+    def _rules(cls, subsets: Any) -> Any:
+        # A rule is checked here, so that its error names the subset and its key, not pydantic's union members.
+        if not isinstance(subsets, dict):
+            return subsets
+        rules = {}
+        for name, value in subsets.items():
+            try:
+                rules[name] = SubsetRule.model_validate(value) if isinstance(value, dict) else value
+            except ValidationError as error:
+                problem = error.errors()[0]
+                where = ".".join(str(part) for part in (name, *problem["loc"]))
+                raise ValueError(f"{where}: {problem['msg'].removeprefix('Value error, ')}") from None
+        return rules
+
     @field_validator("subsets")
     @classmethod
     def _names_and_thresholds(cls, subsets: dict[str, int | SubsetRule]) -> dict[str, int | SubsetRule]:

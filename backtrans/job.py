@@ -27,7 +27,7 @@ from backtrans.output import PLOT_FILE, OutputFolder, write_rows
 from backtrans.pacing import budget_left
 from backtrans.plot import plot_scores
 from backtrans.progress import show_progress
-from backtrans.prompts import BACKWARD, INSTRUCTION, SEGMENT, SELF_CURATION, SELF_CURATION_JSON, load_template
+from backtrans.prompts import BACKWARD, INSTRUCTION, SEGMENT, SELF_CURATION, SELF_CURATION_JSON, load_template, render
 from backtrans.resources import (
     DEFAULT_ACTORS,
     ROWS_PER_TASK,
@@ -268,7 +268,9 @@ def _stop(error: Exception, config: JobConfig, folder: OutputFolder, metrics, st
 def _publish(config: JobConfig, folder: OutputFolder, summary: RunSummary, repo_id: str | None) -> RunSummary:
     """The output's last step: the card and the summary (the completion marker), then the push to
     `repo_id` if set. A complete output that was not pushed there comes here again on a re-run."""
-    scoring_prompt = load_template(_template_path("score", config.score))
+    # As sent, with the placeholders shown: the JSON prompt's literal braces are doubled in its file.
+    scoring_prompt = render(load_template(_template_path("score", config.score)), instruction="{instruction}",
+                            generation="{generation}")  # fmt: skip
     folder.write_text(folder.card, render_card(summary, repo_id, scoring_prompt))
     write_summary(folder, summary)
     if repo_id is None:

@@ -127,3 +127,31 @@ def test_readme_config_table_is_made_from_the_field_descriptions():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     table = readme.split("<!-- config table: begin -->\n", 1)[1].split("\n<!-- config table: end -->", 1)[0]
     assert table == config_reference(), "README's config table is stale: python -m backtrans.config > the table"
+
+
+def test_score_method_and_subsets_by_expected_score(config_file):
+    assert load_config(config_file).score.method == "parse"
+    config = load_config(config_file, ["score.method=logprobs", "curation.subsets={a4: 4, a5: {min_expected: 4.5}}"])
+    assert config.output.columns == [*DEFAULT_COLUMNS, "score_expected", "score_probs"]  # the default columns
+    assert config.curation.subsets["a4"] == 4 and config.curation.subsets["a5"].min_expected == 4.5
+    own = load_config(config_file, ["score.method=logprobs", "output.columns=[instruction, score]"])
+    assert own.output.columns == ["instruction", "score"]  # columns the user chose are left as they are
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["score.method=votes"], "config key score.method: Input should be 'parse', 'logprobs' or 'json'"),
+        (["curation.subsets={a5: {}}"],
+         "config key curation.subsets.a5: a subset rule needs min_score or min_expected"),
+        (["curation.subsets={a5: {min_expected: 6}}"],
+         "config key curation.subsets.a5.min_expected: Input should be less than or equal to 5"),
+        (["curation.subsets={a5: {min_expected: 4.5}}"],
+         "config key curation.subsets.a5: min_expected reads score_expected, which needs score.method "
+         "logprobs and score_expected in output.columns"),
+    ],
+)  # fmt: skip
+def test_score_method_and_subset_rules_are_checked(config_file, overrides, message):
+    with pytest.raises(ConfigError) as caught:
+        load_config(config_file, overrides)
+    assert message in str(caught.value)

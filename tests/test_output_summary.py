@@ -2,18 +2,29 @@
 Hub access check the job makes before it spends anything (against the loopback fake Hub)."""
 
 import json
+from collections import Counter
 
 import pyarrow as pa
 import pytest
 from datasets import Features
 
 from backtrans.card import render_card
-from backtrans.config import HubConfig, JobConfig
+from backtrans.config import HubConfig, JobConfig, SubsetRule
 from backtrans.hub import HubError, check_access
 from backtrans.metrics import RunSnapshot, StageCounts
 from backtrans.output import OutputFolder
 from backtrans.schema import OUTPUT_TYPES
-from backtrans.summary import Contents, Phases, Pushed, RunSummary, build_summary, columns_of, read_summary
+from backtrans.summary import (
+    Contents,
+    CuratedSummary,
+    Phases,
+    Pushed,
+    RunSummary,
+    build_summary,
+    columns_of,
+    read_summary,
+    unscored,
+)
 from backtrans.testing.fake_hub import Account
 
 
@@ -52,7 +63,8 @@ def test_the_summary_keeps_its_keys_and_reads_back(tmp_path):
     folder.write_text(folder.summary, summary.to_json())
     on_disk = json.loads((tmp_path / "run_summary.json").read_text())
     assert list(on_disk) == [
-        "complete", "rows", "scores", "failures_this_run", "skipped_lines_this_run", "stages", "simulated",
+        "complete", "rows", "scores", "score_expected", "failures_this_run", "unscored", "skipped_lines_this_run",
+        "stages", "spent", "simulated",
         "resumed", "seconds", "phases", "finished_at", "ray", "python", "config", "columns", "segments",
         "curated", "plot", "pushed", "stopped_by", "reason",
     ]  # fmt: skip
@@ -132,3 +144,24 @@ def test_write_access_is_checked_on_the_repo_or_its_namespace(token, fake_hub):
     with pytest.raises(HubError) as existing:
         check_access(hub.model_copy(update={"repo_id": "club/existing"}))
     assert str(existing.value) == "hub.repo_id: alice (token in BACKTRANS_TEST_TOKEN) may not write to club/existing"
+
+
+def test_the_card_shows_unscored_pairs_by_cause_the_expected_histogram_and_expected_rules():
+    expected = {"1.0-1.5": 0, "1.5-2.0": 0, "2.0-2.5": 1, "2.5-3.0": 0, "3.0-3.5": 0, "3.5-4.0": 0, "4.0-4.5": 1,
+                "4.5-5.0": 0, "null": 1}  # fmt: skip
+    rules = {"a4": 4, "e45": SubsetRule(min_score=4, min_expected=4.5)}
+    summary = _summary(segments=None, curated=CuratedSummary(thresholds=rules, subsets={"a4": 2, "e45": 0}, seed=None))
+    summary = summary.model_copy(update={"unscored": {"unparseable_score": 1}, "score_expected": expected})
+    card = render_card(summary, "me/x", "PROMPT")
+
+    assert "| cause | pairs | share |\n|---|---|---|\n| unparseable_score | 1 | 33.3% |\n" in card
+    assert "| score_expected | rows |\n|---|---|\n| 1.0-1.5 | 0 |" in card and "| 4.0-4.5 | 1 |" in card
+    assert "| `a4` | 2 | score >= 4 |" in card and "| `e45` | 0 | score >= 4 and score_expected >= 4.5 |" in card
+    assert RunSummary.model_validate_json(summary.to_json()).curated.thresholds == rules
+
+
+def test_unscored_counts_the_score_stages_failures_by_cause():
+    failures = Counter({"unparseable_score": 2, "truncated": 1, "http_500": 3, "timeout": 1})
+    counts = StageCounts(rows=9, failures=failures)
+    snapshot = RunSnapshot(stages={"score": counts, "generate": StageCounts(failures=Counter({"http_400": 5}))})
+    assert unscored(snapshot) == {"unparseable_score": 2, "truncated": 1, "endpoint_failure": 4}

@@ -52,3 +52,13 @@ def test_rename_maps_columns_like_output_mappings_and_adds_the_stable_id():
 def test_a_source_with_its_own_row_id_keeps_it():
     batch = pa.table({"row_id": pa.array([3], pa.uint64()), "row_hash": pa.array([7], pa.uint64())})
     assert _rename_and_id(batch, {}).column("row_id").to_pylist() == [3]
+
+
+def test_the_json_prompt_is_the_papers_rubric_with_only_its_last_instruction_changed():
+    from backtrans.prompts import SELF_CURATION_JSON
+
+    paper, json_prompt = load_template(SELF_CURATION).splitlines(), load_template(SELF_CURATION_JSON).splitlines()
+    changed = [i for i, (a, b) in enumerate(zip(paper, json_prompt, strict=True)) if a != b]
+    assert changed == [7] and paper[7].endswith('write "Score: <rating>" in the last line.')
+    rendered = render(load_template(SELF_CURATION_JSON), instruction="q", generation="a")
+    assert 'as in {"reason": "<reasoning>", "score": <rating>}.\n\nq\na\n' in rendered
