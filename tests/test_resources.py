@@ -19,8 +19,8 @@ def test_more_actors_than_the_cluster_has_cpus_for_is_refused_naming_the_key(tmp
 
     source = write_pairs_jsonl(tmp_path / "pairs.jsonl", 10)
     with Simulator() as sim:
-        config = score_only_config(source, tmp_path / "out", sim.url, actors=32)  # 3.2 CPUs of stage actors
-        with pytest.raises(JobError, match=r"^score\.actors: .* the cluster has 2 CPUs"):
+        config = score_only_config(source, tmp_path / "out", sim.url, actors=32, max_concurrency=64)  # 3.2 CPUs
+        with pytest.raises(JobError, match=r"^score\.actors: .* the cluster has 2;"):
             run_job(config)
         assert sim.stats()["total_requests"] == 0
     assert not (tmp_path / "out").exists()

@@ -36,6 +36,13 @@ def _dropped(error: BaseException) -> bool:
     return False
 
 
+def _limits(stage: StageConfig):
+    import httpx2  # the openai SDK's own httpx
+
+    share = stage.max_concurrency // (stage.actors or 1)
+    return httpx2.Limits(max_connections=share, max_keepalive_connections=share)
+
+
 class OpenAIClient:
     def __init__(self, stage_name: str, stage: StageConfig, base_url: str | None, api_key: str | None):
         import openai
@@ -51,7 +58,9 @@ class OpenAIClient:
             timeout=stage.timeout_s,
             max_retries=0,
             default_headers={STAGE_HEADER: stage_name},
-            http_client=openai.DefaultAioHttpClient(timeout=stage.timeout_s),
+            # The SDK's default pool holds 1,000 connections: it would cap the actor's share of
+            # max_concurrency (the Gate is what limits requests in flight).
+            http_client=openai.DefaultAioHttpClient(timeout=stage.timeout_s, limits=_limits(stage)),
         )
 
     async def send(self, prompt: str, options: RequestOptions | None = None) -> Reply:
