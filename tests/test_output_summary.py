@@ -64,7 +64,7 @@ def test_the_summary_keeps_its_keys_and_reads_back(tmp_path):
     on_disk = json.loads((tmp_path / "run_summary.json").read_text())
     assert list(on_disk) == [
         "complete", "rows", "scores", "score_expected", "failures_this_run", "unscored", "skipped_lines_this_run",
-        "stages", "spent", "simulated",
+        "stages", "spent", "spend", "simulated",
         "resumed", "seconds", "phases", "finished_at", "ray", "python", "config", "columns", "segments",
         "curated", "plot", "pushed", "stopped_by", "reason",
     ]  # fmt: skip

@@ -152,15 +152,17 @@ def test_augment_strips_the_instruction_and_fails_a_copy_of_the_segment():
 
 
 def test_a_stop_is_recorded_in_the_metrics_before_it_is_raised():
-    endpoint = FakeEndpoint(BudgetExhausted("score.max_requests reached (4 requests in this actor)"))
+    endpoint = FakeEndpoint(BudgetExhausted("score.max_requests reached (4 requests in this actor)", "max_requests"))
     stage, sink = _stage(ScoreStage, "score", SELF_CURATION, endpoint)
     with pytest.raises(BudgetExhausted):
         _run(stage, pa.table({"instruction": ["q"], "generation": ["a"]}))
 
     assert sink.stops == [
-        StopReason("score", "BudgetExhausted", "score.max_requests reached (4 requests in this actor)", True)
+        StopReason(
+            "score", "BudgetExhausted", "score.max_requests reached (4 requests in this actor)", True, "max_requests"
+        )
     ]
-    assert sink.counts == []
+    assert sink.counts == [("score", StageCounts(rows=1))]  # a stopped batch still reports what it spent: nothing here
 
 
 def _logprob_reply(tokens, finish_reason="stop"):
