@@ -59,7 +59,7 @@ class PriceConfig(_Strict):
 
 
 class StageConfig(_Strict):
-    backend: Literal["hf-endpoint", "openai", "simulated"] = _field(
+    backend: str = _field(
         description="`hf-endpoint` (huggingface_hub `AsyncInferenceClient`), `openai` (`openai.AsyncOpenAI`), "
         "`simulated` (the loopback simulator)"
     )
@@ -142,9 +142,18 @@ class StageConfig(_Strict):
                 raise ValueError(str(error)) from None
         return path
 
+    @field_validator("backend")
+    @classmethod
+    def _registered_backend(cls, name: str) -> str:
+        from backtrans.backends import BACKENDS  # the backends import this module for its types
+
+        if name not in BACKENDS:
+            raise ValueError(f"{name!r} is not a backend (one of: {', '.join(sorted(BACKENDS))})")
+        return name
+
     @model_validator(mode="after")
     def _backend_keys(self) -> StageConfig:
-        from backtrans.backends import backend_for  # the backends import this module for its types
+        from backtrans.backends import backend_for
 
         backend_for(self).check_config(self)
         return self
