@@ -58,10 +58,18 @@ NOT_IN_KEY = frozenset(
 )
 
 
-def request_key(stage_name: str, stage: StageConfig, prompt: str, ask: int = 1) -> str:
+def request_prefix(stage_name: str, stage: StageConfig) -> bytes:
+    """The part of every key of a stage that its config makes (dumped once per actor, not per request)."""
     request = {k: v for k, v in stage.model_dump(mode="json").items() if k not in NOT_IN_KEY}
-    body = json.dumps([stage_name, request, prompt, ask], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(body.encode()).hexdigest()
+    return json.dumps([stage_name, request], sort_keys=True, separators=(",", ":")).encode()
+
+
+def request_key(stage_name: str, stage: StageConfig, prompt: str, ask: int = 1) -> str:
+    return _key(request_prefix(stage_name, stage), prompt, ask)
+
+
+def _key(prefix: bytes, prompt: str, ask: int) -> str:
+    return hashlib.sha256(prefix + json.dumps([prompt, ask]).encode()).hexdigest()
 
 
 def stage_dir(folder: OutputFolder, stage_name: str) -> str:
@@ -117,16 +125,16 @@ class ReplyCache:
     def __init__(self, folder: OutputFolder | None, stage_name: str, stage: StageConfig, flush_rows: int):
         self.folder = folder  # None: no cache (a stage built without an output, in tests)
         self.stage_name = stage_name
-        self.stage = stage
         self.flush_rows = max(1, flush_rows)
         self.replies = load_replies(folder, stage_name) if folder is not None else {}
         self._pending: dict[str, Reply] = {}
         self._flushed = time.monotonic()
         self._prefix = uuid.uuid4().hex
+        self._key_prefix = request_prefix(stage_name, stage)
         self._shards = 0
 
     def key(self, prompt: str, ask: int = 1) -> str:
-        return request_key(self.stage_name, self.stage, prompt, ask)
+        return _key(self._key_prefix, prompt, ask)
 
     def get(self, key: str) -> Reply | None:
         return self.replies.get(key)

@@ -435,19 +435,28 @@ def _api(results: dict) -> list[str]:
     lines = [
         "C/L uses the mean latency (4.7 s for median 4 s, sigma 0.57). **summed RSS** is the peak over the",
         "run of the RSS summed over every process of its tree (driver, Ray's daemons, every worker and actor).",
+        "The machine is shared with other work (**load** is the 1-minute load average before / after the run on",
+        "2 cores; **other CPU** is CPU-seconds spent outside the run and the simulator): these figures are",
+        "distorted by it. The workload repeats instructions, and a repeated request is answered from the reply",
+        "cache, so there are fewer requests than 2 x N.",
         "",
         "| C per stage | N | of C/L (whole / steady) | processes | summed RSS MB | start-up s "
-        "| in flight score: steady median / max | status |",
-        "|---|---|---|---|---|---|---|---|",
+        "| in flight generate: steady median / max | in flight score: steady median / max | requests "
+        "| stage actors' CPU ms/request | load | other CPU s | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
-        score = run["in_flight"]["score"]
+        gen, score = run["in_flight"]["generate"], run["in_flight"]["score"]
         status = run.get("ended") or ("ok" if run.get("complete") else "incomplete output")
+        stage_cpu = sum(v for k, v in run["cpu_by_role"].items() if k.endswith("Stage))"))
+        host = run["host"]
         lines.append(
             f"| {run['concurrency']:,} | {run['n']:,} | {run['fraction_of_limit']:.3f} / "
             f"{_f(run['window_fraction_of_limit'], '{:.3f}')} | {run['processes']} | {run['tree_peak_rss_mb']:.0f} "
-            f"| {_f(run['startup_to_first_request_s'])} | {_f(score['steady_median'], '{:g}')} / {score['max']} "
-            f"| {status} |"
+            f"| {_f(run['startup_to_first_request_s'])} | {_f(gen['steady_median'], '{:g}')} / {gen['max']} "
+            f"| {_f(score['steady_median'], '{:g}')} / {score['max']} | {run['requests']:,} "
+            f"| {1000 * stage_cpu / max(run['requests'], 1):.1f} "
+            f"| {host['load_avg_1m_before']} / {host['load_avg_1m_after']} | {host['other_cpu_s']} | {status} |"
         )
     return lines
 
