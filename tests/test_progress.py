@@ -122,7 +122,7 @@ def test_rows_total_counts_jsonl_lines_and_applies_the_limit(tmp_path):
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps({"instruction": f"q{i}"}) + "\n" for i in range(7)) + "\n\n")
     config = JobConfig.model_validate({"source": {"uri": str(source)}, "score": {"backend": "simulated", "model": "m"}})
-    folder = OutputFolder(str(tmp_path / "out"))
+    folder = OutputFolder.at(str(tmp_path / "out"))
     assert rows_total(config, folder, resolve_files(config.source)) == 7
     limited = config.model_copy(update={"source": config.source.model_copy(update={"limit": 5})})
     assert rows_total(limited, folder, resolve_files(limited.source)) == 5
