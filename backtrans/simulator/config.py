@@ -47,14 +47,17 @@ class SimulatorConfig(BaseModel):
     # latency_ms x exp(latency_sigma x a standard normal draw) (0: every request takes latency_ms).
     # sigma 0.57 with a 4 s median gives a p99 of about 15 s.
     latency_sigma: NonNegative = 0.0
-    seed: int = 0
-    rate_429: Rate = 0.0
-    rate_503: Rate = 0.0
-    rate_500: Rate = 0.0
+    seed: int = 0  # of the fault draws and the jitter
+    # The faults, each a share of requests:
+    rate_429: Rate = 0.0  # 429 Too Many Requests, with Retry-After: retry_after_s
+    rate_503: Rate = 0.0  # 503 Service Unavailable
+    rate_500: Rate = 0.0  # 500 Internal Server Error
+    # The request sleeps hang_s before it is answered (longer than a client's timeout).
     rate_hang: Rate = 0.0
-    rate_drop: Rate = 0.0
+    rate_drop: Rate = 0.0  # the connection is closed with no answer
+    # 200 with a body that is not a chat completion.
     rate_garbage: Rate = 0.0
-    rate_noscore: Rate = 0.0
+    rate_noscore: Rate = 0.0  # a scoring request answered without a score line
     # A weak judge: this share of prompts (the same ones every time) get plain replies without a score line.
     noscore_share: Rate = 0.0
     # Answer `logprobs: true` with logprobs; false: a server that never returns them.
