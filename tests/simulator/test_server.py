@@ -552,7 +552,7 @@ def _score_client(sim: Simulator, backend: str):
 
     url = sim.url if backend == "openai" else sim.root_url
     stage = ScoreConfig(backend=backend, base_url=url, model="judge", max_retries=0)
-    return backend_for(stage).connect("score", stage, url)
+    return backend_for(stage).connect("score", stage, url, None)
 
 
 async def _send(sim: Simulator, backend: str, prompt: str, options):
