@@ -116,6 +116,8 @@ def test_losing_a_worker_node_half_way_exits_cleanly_with_every_row_once(cluster
     summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
     assert summary["complete"] is True and summary["rows"] == ROWS
     assert sum(summary["scores"].values()) == ROWS and summary["scores"]["null"] == 0
-    counted = summary["stages"]["score"]["requests"]
-    assert ROWS <= counted <= sent  # a lost actor's last batch is sent, but never reported
+    counted, cached = summary["stages"]["score"]["requests"], summary["stages"]["score"]["cache_hits"]
+    # A lost actor's last batch is sent but never reported; its replies written before the loss
+    # come from the reply cache when the batch runs again.
+    assert counted + cached >= ROWS and counted <= sent
     print(f"requests re-sent after the node loss: {sent - ROWS}; counted in the summary: {counted}")
