@@ -13,6 +13,7 @@ from backtrans.config import ConfigError, SourceConfig, load_config
 from backtrans.curated import SEED_TAG, WEB_TAG
 from backtrans.job import run_job
 from backtrans.prompts import SELF_CURATION
+from backtrans.schema import BacktransError
 from backtrans.simulator import Simulator, SimulatorConfig
 from backtrans.sources import read_source
 from backtrans.stages import instruction_problem
@@ -133,7 +134,7 @@ def test_a_resumed_web_run_reuses_the_segments_and_sends_nothing_twice(tmp_path)
         config = load_config(WEB_DEMO, [f"output.path={tmp_path / 'web'}", *_on_simulator(sim.url, "augment", "score")])
         config.output.mode = "resume"
         config.augment.max_requests = 100  # the budget stops the first run part way
-        with pytest.raises(RuntimeError, match="run the same command again to resume"):
+        with pytest.raises(BacktransError, match="run the same command again to resume"):
             run_job(config)
         first = _requests_by_kind(sim)["backward"]
         segment_files = sorted(path.name for path in segments_dir.rglob("*"))
