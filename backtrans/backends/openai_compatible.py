@@ -37,10 +37,12 @@ def _dropped(error: BaseException) -> bool:
 
 
 def _limits(stage: StageConfig):
-    import httpx2  # the openai SDK's own httpx
+    import openai
 
+    # The Limits class of the HTTP library this openai release runs on (httpx, or httpx2 in 3.x),
+    # taken from the SDK's own default rather than imported by a name that changes with the release.
     share = stage.max_concurrency // (stage.actors or 1)
-    return httpx2.Limits(max_connections=share, max_keepalive_connections=share)
+    return type(openai.DEFAULT_CONNECTION_LIMITS)(max_connections=share, max_keepalive_connections=share)
 
 
 class OpenAIClient:
