@@ -1,6 +1,8 @@
 """Small builders the integration tests share."""
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -101,6 +103,16 @@ def score_only_config(source: Path, output: Path, base_url: str, **score) -> Job
 def checkpointed_ids(output: Path) -> set[int]:
     files = [p for p in (output / ".checkpoint").glob("*.parquet") if ".pending." not in p.name]
     return {i for p in files for i in pq.read_table(p).column("row_hash").to_pylist()}
+
+
+def sigkill_when(process, reached, limit_s: float = 240.0) -> None:
+    """SIGKILL a CLI run's process group once `reached()` holds (the run must still be going)."""
+    deadline = time.time() + limit_s
+    while not reached() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert process.poll() is None, process.stdout.read()[-2000:]
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def wait_until_quiet(sim, quiet_s: float = 3.0, limit_s: float = 60.0) -> None:

@@ -3,9 +3,6 @@ pay-once rules of whole runs, counted in the simulator's request log."""
 
 import hashlib
 import json
-import os
-import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +18,7 @@ from tests.helpers import (
     read_output,
     score_only_config,
     seed_config,
+    sigkill_when,
     wait_until_quiet,
     write_instruction_jsonl,
     write_pairs_jsonl,
@@ -88,12 +86,7 @@ def test_sigkill_with_the_default_commit_then_rerun_pays_only_for_what_was_in_fl
         job = tmp_path / "job.yaml"
         config = write_score_job(job, source, output, sim.url, concurrency=CONCURRENCY, commit_rows=1024)
         first = _cli(config, start_new_session=True)  # its own process group: the local Ray dies with it
-        deadline = time.time() + 240
-        while sim.stats()["by_kind"]["score"] < ROWS * 0.4 and first.poll() is None and time.time() < deadline:
-            time.sleep(0.1)
-        assert first.poll() is None, first.stdout.read()[-2000:]
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
+        sigkill_when(first, lambda: sim.stats()["by_kind"]["score"] >= ROWS * 0.4)
         wait_until_quiet(sim)
         sent_first = sim.stats()["by_kind"]["score"]
         committed = checkpointed_ids(output)

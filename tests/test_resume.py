@@ -15,7 +15,7 @@ import pytest
 from backtrans.jsonl_datasource import row_id
 from backtrans.prompts import SELF_CURATION, load_template, render
 from backtrans.simulator import Simulator, SimulatorConfig
-from tests.helpers import checkpointed_ids, wait_until_quiet, write_pairs_jsonl, write_score_job
+from tests.helpers import checkpointed_ids, sigkill_when, wait_until_quiet, write_pairs_jsonl, write_score_job
 
 pytestmark = pytest.mark.integration  # runs the CLI, which starts a Ray
 
@@ -48,12 +48,7 @@ def test_sigkill_then_rerun_writes_every_row_once(tmp_path):
             tmp_path / "job.yaml", source, output, sim.url, concurrency=SCORE_CONCURRENCY, commit_rows=COMMIT_ROWS
         )
         first = _cli(config, start_new_session=True)  # its own process group: the local Ray dies with it
-        deadline = time.time() + 240
-        while len(checkpointed_ids(output)) < ROWS * 0.4 and first.poll() is None and time.time() < deadline:
-            time.sleep(0.2)
-        assert first.poll() is None, first.stdout.read()[-2000:]
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
+        sigkill_when(first, lambda: len(checkpointed_ids(output)) >= ROWS * 0.4)
         wait_until_quiet(sim)
         sent_before_kill = sim.stats()["by_kind"]["score"]
         sent_in_first_run = {entry["prompt_sha256"] for entry in sim.log()}
