@@ -9,11 +9,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from backtrans.config import JobConfig
+from backtrans.output import OutputFolder
 from backtrans.parse import SCORE_PATTERN
 from backtrans.prompts import SELF_CURATION, load_template, render
-from backtrans.schema import GENERATION, INSTRUCTION, REASON, SCORE
+from backtrans.schema import GENERATION, INSTRUCTION, REASON, ROW_HASH, SCORE
 from backtrans.simulator import simulated_score
 
+S3_BUCKET = "backtrans-tests"  # on the loopback S3 server conftest.py starts
+S3_SECRET = "moto-secret-Zk29sQ"  # its secret key: the tests look for it in what the job writes and prints
 SEED_COLUMNS = ["instruction", "generation", "generation_model", "score", "reason", "scoring_model"]
 
 
@@ -60,8 +63,10 @@ def seed_config(
     return JobConfig.model_validate(tree)
 
 
-def read_output(output: Path):
-    return pq.read_table(output / "data")
+def read_output(output: Path | str):
+    """The rows of an output, a local folder or a URI (`s3://...`)."""
+    folder = OutputFolder.at(str(output))
+    return pq.read_table(folder.parquet_files(folder.data), filesystem=folder.filesystem)
 
 
 def expected_score(instruction: str, generation: str) -> int:
@@ -100,9 +105,11 @@ def score_only_config(source: Path, output: Path, base_url: str, **score) -> Job
     return JobConfig.model_validate({"source": {"uri": str(source)}, "score": stage, "output": {"path": str(output)}})
 
 
-def checkpointed_ids(output: Path) -> set[int]:
-    files = [p for p in (output / ".checkpoint").glob("*.parquet") if ".pending." not in p.name]
-    return {i for p in files for i in pq.read_table(p).column("row_hash").to_pylist()}
+def checkpointed_ids(output: Path | str) -> set[int]:
+    """The row ids in Ray Data's checkpoint of an output, a local folder or a URI."""
+    folder = OutputFolder.at(str(output))
+    files = [path for path in folder.parquet_files(folder.checkpoint) if ".pending." not in path]
+    return {i for path in files for i in pq.read_table(path, filesystem=folder.filesystem).column(ROW_HASH).to_pylist()}
 
 
 def sigkill_when(process, reached, limit_s: float = 240.0) -> None:
@@ -126,11 +133,17 @@ def wait_until_quiet(sim, quiet_s: float = 3.0, limit_s: float = 60.0) -> None:
             seen, changed = now, time.time()
 
 
-def write_score_job(path: Path, source: Path, output: Path, base_url: str, *, concurrency: int, commit_rows: int):
-    """A score-only job YAML for the CLI and `ray job submit` tests: instruction and score kept."""
-    path.write_text(
-        f"source: {{uri: {source}}}\n"
-        f"score: {{backend: openai, base_url: '{base_url}', model: judge, max_concurrency: {concurrency}}}\n"
-        f"output: {{path: {output}, commit_rows: {commit_rows}, columns: [instruction, score]}}\n"
-    )
+def write_score_job(
+    path: Path, source: Path, output: Path | str, base_url: str, *, concurrency: int | None = None,
+    commit_rows: int | None = None,
+):  # fmt: skip
+    """A score-only job YAML for the CLI and `ray job submit` tests: instruction and score kept; the
+    concurrency and the commit size are the defaults unless given."""
+    score = {"backend": "openai", "base_url": base_url, "model": "judge"}
+    if concurrency is not None:
+        score["max_concurrency"] = concurrency
+    out = {"path": str(output), "columns": ["instruction", "score"]}
+    if commit_rows is not None:
+        out["commit_rows"] = commit_rows
+    path.write_text(json.dumps({"source": {"uri": str(source)}, "score": score, "output": out}))  # JSON is YAML
     return path

@@ -3,7 +3,6 @@ pay-once rules of whole runs, counted in the simulator's request log."""
 
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
 
@@ -14,6 +13,8 @@ from backtrans.output import OutputFolder
 from backtrans.prompts import SELF_CURATION, load_template, render
 from backtrans.simulator import Simulator, SimulatorConfig
 from tests.helpers import (
+    S3_BUCKET,
+    S3_SECRET,
     checkpointed_ids,
     read_output,
     score_only_config,
@@ -27,7 +28,7 @@ from tests.helpers import (
 from tests.test_resume import _cli
 
 ROWS = 400
-CONCURRENCY = 8
+CONCURRENCY = 8  # the score stage's max_concurrency in the library-level runs below
 
 
 def _stage(**changes) -> StageConfig:
@@ -65,9 +66,9 @@ def _prompt(row: int) -> str:
     return render(load_template(SELF_CURATION), instruction=f"What is fact {row}?", generation=f"Fact {row} is a fact.")
 
 
-def _cached_rows(output: Path, stage: StageConfig, rows: int) -> set[int]:
+def _cached_rows(output: str, stage: StageConfig, rows: int) -> set[int]:
     """The rows whose scoring reply is in the output's cache."""
-    cached = load_replies(OutputFolder.at(str(output)), "score")
+    cached = load_replies(OutputFolder.at(output), "score")
     return {i for i in range(rows) if request_key("score", stage, _prompt(i)) in cached}
 
 
@@ -78,13 +79,16 @@ def _sent_rows(sim, rows: int) -> set[int]:
 
 
 @pytest.mark.integration  # runs the CLI, which starts a Ray
-def test_sigkill_with_the_default_commit_then_rerun_pays_only_for_what_was_in_flight(tmp_path):
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_sigkill_with_the_default_config_then_rerun_pays_only_for_what_was_in_flight(where, s3, tmp_path):
     source = write_pairs_jsonl(tmp_path / "pairs.jsonl", ROWS)
-    output = tmp_path / "out"
-    with Simulator(SimulatorConfig(latency_ms=150)) as sim:
-        # output.commit_rows stays at its default (1,024): no shard of this run is committed before it ends.
-        job = tmp_path / "job.yaml"
-        config = write_score_job(job, source, output, sim.url, concurrency=CONCURRENCY, commit_rows=1024)
+    output = str(tmp_path / "out") if where == "local" else f"s3://{S3_BUCKET}/{tmp_path.name}/out"
+    folder = OutputFolder.at(output)
+    # Requests take seconds, as a real API's do; the concurrency and the commit size are the defaults,
+    # so no shard of this run is committed before it ends.
+    with Simulator(SimulatorConfig(latency_ms=1000)) as sim:
+        config = write_score_job(tmp_path / "job.yaml", source, output, sim.url)
+        concurrency = load_config(config).score.max_concurrency
         first = _cli(config, start_new_session=True)  # its own process group: the local Ray dies with it
         sigkill_when(first, lambda: sim.stats()["by_kind"]["score"] >= ROWS * 0.4)
         wait_until_quiet(sim)
@@ -100,24 +104,26 @@ def test_sigkill_with_the_default_commit_then_rerun_pays_only_for_what_was_in_fl
         sent_second = sim.stats()["by_kind"]["score"]
 
     paid_twice = sent_first + sent_second - ROWS
-    print(f"N={ROWS} C={CONCURRENCY}: first run {sent_first} requests, {len(cached)} replies cached at the kill, "
-          f"{len(committed)} rows committed; second run {sent_second} requests; paid twice {paid_twice}")  # fmt: skip
+    print(f"{where}: N={ROWS} C={concurrency}: first run {sent_first} requests, {len(cached)} replies cached "
+          f"at the kill, {len(committed)} rows committed; second run {sent_second} requests; "
+          f"paid twice {paid_twice}")  # fmt: skip
     assert ROWS * 0.4 <= sent_first < ROWS and cached
     # Every row not cached at the kill is sent once, and no cached row again (committed rows are not read).
     assert sent_second <= ROWS - len(cached)
     assert len(sent_again) == sent_second and not sent_again & cached
     # The pay-once bound: at most the requests in flight at the kill, plus the finished replies not yet
     # written (fewer than an actor's share of max_concurrency), are paid twice.
-    assert sent_first + sent_second <= ROWS + 2 * CONCURRENCY
+    assert sent_first + sent_second <= ROWS + 2 * concurrency
     table = read_output(output)
     assert sorted(table.column("instruction").to_pylist()) == sorted(f"What is fact {i}?" for i in range(ROWS))
     assert None not in table.column("score").to_pylist()
     # The summary says what came from the cache (rows committed before the kill are not read again);
     # the completed run dropped the cache.
-    stages = json.loads((output / "run_summary.json").read_text())["stages"]
+    stages = json.loads(folder.read_text(folder.summary))["stages"]
     assert stages["score"]["cache_hits"] + sent_second == ROWS - len(committed)
     assert stages["score"]["requests"] == sent_second
-    assert not (output / ".cache").exists()
+    assert not folder.exists(folder.cache)
+    assert S3_SECRET not in out and not (tmp_path / "s3:").exists()
 
 
 def test_a_rescore_with_another_judge_takes_the_cached_generations(tmp_path, local_ray):
@@ -156,7 +162,7 @@ def test_a_budget_stop_then_rerun_pays_only_for_what_was_not_cached(tmp_path, lo
         with pytest.raises(JobError, match="max_requests"):
             run_job(config)
         sent_first = sim.stats()["by_kind"]["score"]
-        cached = _cached_rows(output, config.score, rows)
+        cached = _cached_rows(str(output), config.score, rows)
         committed = checkpointed_ids(output)
         sim.reset()
 

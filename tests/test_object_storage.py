@@ -1,0 +1,57 @@
+"""The job with `output.path: s3://...` against the loopback S3 server conftest.py starts: everything
+on the bucket, nothing on the local disk, a re-run that does nothing, a push from the bucket. (A SIGKILL
+and a resume on the bucket: tests/test_cache.py.)"""
+
+import io
+import os
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from backtrans.job import run_job
+from backtrans.simulator import Simulator, SimulatorConfig
+from tests.helpers import S3_BUCKET, S3_SECRET, read_output, score_only_config, write_pairs_jsonl
+
+pytestmark = pytest.mark.integration
+
+ROWS = 40
+
+
+def _files(filesystem: pafs.FileSystem, prefix: str) -> list[str]:
+    found = filesystem.get_file_info(pafs.FileSelector(f"{S3_BUCKET}/{prefix}", recursive=True, allow_not_found=True))
+    return sorted(info.path.removeprefix(f"{S3_BUCKET}/{prefix}/") for info in found if info.type == pafs.FileType.File)
+
+
+def test_seed_job_on_s3_then_a_rerun_that_does_nothing_then_a_push(s3, local_ray, tmp_path, monkeypatch, fake_hub):
+    monkeypatch.chdir(tmp_path)
+    source = write_pairs_jsonl(tmp_path / "in" / "pairs.jsonl", ROWS)
+    prefix = f"{tmp_path.name}/seed"
+    with Simulator(SimulatorConfig(latency_ms=5)) as sim:
+        config = score_only_config(source, tmp_path / "unused", sim.url)
+        config.output.path = f"s3://{S3_BUCKET}/{prefix}"
+
+        first = run_job(config)
+        assert first.state == "fresh" and first.summary.rows == ROWS and sim.stats()["by_kind"]["score"] == ROWS
+        sim.reset()
+        assert run_job(config).state == "skip" and sim.stats()["total_requests"] == 0
+
+        config.hub.repo_id = "fake-user/from-s3"
+        fake_hub.fail_next("POST", r"/api/datasets/fake-user/from-s3/commit/main", status=412)  # a concurrent commit
+        pushed = run_job(config)
+        assert pushed.state == "push" and sim.stats()["total_requests"] == 0
+
+    assert os.listdir(tmp_path) == ["in"]  # no local `s3:` folder, nothing else on the local disk
+    written = _files(s3, prefix)
+    assert {"README.md", "run_summary.json", "score_distribution.png"} <= set(written)
+    assert sorted(read_output(config.output.path).column("instruction").to_pylist()) == sorted(
+        f"What is fact {i}?" for i in range(ROWS)
+    )
+    assert any(path.startswith(".checkpoint/") for path in written)
+    assert any(path.startswith("curated/a4/") for path in written)
+    assert not any(path.startswith((".compact/", ".cache/")) for path in written)  # done with, and dropped
+    files = fake_hub.files("datasets", "fake-user/from-s3")
+    shards = [path for path in files if path.startswith("data/")]
+    assert sum(pq.read_metadata(io.BytesIO(files[path])).num_rows for path in shards) == ROWS
+    assert {"README.md", "run_summary.json"} <= set(files)
+    assert all(S3_SECRET.encode() not in content for content in files.values())
