@@ -345,6 +345,10 @@ class JobConfig(_Strict):
             )
         return self
 
+    def llm_stages(self) -> dict[str, StageConfig]:
+        """The LLM stages this job runs, by name, in the order they run."""
+        return {name: stage for name in ("augment", "generate", "score") if (stage := getattr(self, name)) is not None}
+
 
 def _set_dotted(tree: dict, dotted_key: str, raw_value: str) -> None:
     """Apply one `--set a.b.c=value`; the value is parsed as YAML so numbers, lists and null work."""

@@ -69,10 +69,6 @@ class RunResult:
     summary: RunSummary
 
 
-def _active_stages(config: JobConfig) -> dict[str, StageConfig]:
-    return {name: getattr(config, name) for name in STAGES if getattr(config, name) is not None}
-
-
 def _template_path(name: str, stage: StageConfig) -> str:
     if stage.template:
         return stage.template
@@ -111,7 +107,7 @@ def _actors(stage: StageConfig) -> int:
 def _check_fits(config: JobConfig) -> None:
     """Refuse, before any request, a plan that asks for more CPU than the cluster has: Ray Data
     would wait forever for the actors it cannot place (Ray issue #44687)."""
-    actors = {name: _actors(stage) for name, stage in _active_stages(config).items()}
+    actors = {name: _actors(stage) for name, stage in config.llm_stages().items()}
     cluster = ray.cluster_resources().get("CPU", 0)
     if actors and plan_cpus(actors) > cluster:
         most = max(actors, key=actors.get)
@@ -155,7 +151,7 @@ def _check_output_reachable(config: JobConfig, folder: OutputFolder) -> None:
 
 def _check_output_columns(config: JobConfig, source_columns: list[str]) -> None:
     available = set(source_columns) | {ERROR, MESSAGES, ORIGIN}
-    for name in _active_stages(config):
+    for name in config.llm_stages():
         available |= set(STAGES[name].outputs)
     for column in config.output.columns:
         if column not in available:
@@ -166,7 +162,7 @@ def _check_output_columns(config: JobConfig, source_columns: list[str]) -> None:
 
 
 def _simulated(config: JobConfig) -> bool:
-    return any(backend_for(stage).needs_simulator for stage in _active_stages(config).values())
+    return any(backend_for(stage).needs_simulator for stage in config.llm_stages().values())
 
 
 def _read_candidates(
@@ -242,7 +238,7 @@ def _summary(
 def _budgets_left(config: JobConfig, spent_before: dict[str, Spent]) -> JobConfig:
     """Each stage's budgets less what earlier runs of this output spent (pacing.budget_left)."""
     left = {}
-    for name, stage in _active_stages(config).items():
+    for name, stage in config.llm_stages().items():
         spent = spent_before.get(name, Spent())
         left[name] = budget_left(name, stage, spent.requests, spent.tokens)
     return config.model_copy(update=left)
@@ -304,7 +300,7 @@ def run_job(config: JobConfig, started: float | None = None) -> RunResult:
     _check_fits(config)
     with _simulators(config) as simulator_url:
         base_urls = {}
-        for name, stage in _active_stages(config).items():
+        for name, stage in config.llm_stages().items():
             backend = backend_for(stage)
             base_urls[name] = backend.resolve_base_url(stage, simulator_url)
             backend.probe(name, stage, base_urls[name])  # before the corpus is read or anything written
@@ -322,7 +318,7 @@ def run_job(config: JobConfig, started: float | None = None) -> RunResult:
         _check_output_columns(config, columns)
         # Reads give blocks of up to 128 KiB (sources.SOURCE_BLOCK_BYTES); the stages want 64 rows (ROWS_PER_TASK).
         dataset = repartition(dataset, ROWS_PER_TASK)
-        for name, stage in _active_stages(budgeted).items():
+        for name, stage in budgeted.llm_stages().items():
             compact_cache(folder, name)  # before its actors start and load it
             dataset = _add_stage(dataset, _stage_spec(name, stage, base_urls[name], metrics_name, config.output.path))
         try:

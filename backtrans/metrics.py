@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import ray
 
+from backtrans.config import JobConfig, PriceConfig
+
 
 @dataclass
 class StageCounts:
@@ -56,6 +58,24 @@ class RunSnapshot:
     stop: StopReason | None = None  # the first stop a stage recorded; None while the run goes on
     in_flight: dict[str, int] = field(default_factory=dict)  # requests in flight per stage, last reports
     filter_counts: dict[str, int] = field(default_factory=dict)  # segment filter: rows by rule, and "kept"
+
+
+def stage_prices(config: JobConfig) -> dict[str, PriceConfig]:
+    """The `price` of each stage that has one."""
+    return {name: stage.price for name, stage in config.llm_stages().items() if stage.price is not None}
+
+
+def spend(snapshot: RunSnapshot, prices: dict[str, PriceConfig]) -> float | None:
+    """What the run's requests cost at the stages' `prices` (per million prompt and completion tokens the
+    servers reported), in the prices' currency; None when no stage has a price. The one place the cost
+    is computed: the progress line, the summary and the card show it."""
+    if not prices:
+        return None
+    return sum(
+        price.cost(counts.prompt_tokens, counts.completion_tokens)
+        for name, price in prices.items()
+        if (counts := snapshot.stages.get(name)) is not None
+    )
 
 
 @ray.remote(num_cpus=0)

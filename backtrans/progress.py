@@ -9,11 +9,11 @@ only `sys.stderr`: the core worker's C++ logger writes to fd 2 itself.
 `show_progress()` (job.py wraps the stages' execution in it) polls the run's RunMetrics actor from
 a daemon thread on the driver and prints, e.g.
 
-    backtrans: 1,234/8,000 rows (15%), ETA 3m12s | generate 41.2 req/s, 64 in flight | score 40.8 req/s,
-    63 in flight | retries 12, failures http_503: 2 | 1.2M tokens, spend 0.84
+    backtrans: 1,234/8,000 rows (15%), ETA 3m12s | generate 41.2 req/s, 64 in flight, 1,200 cached |
+    score 40.8 req/s, 63 in flight, 0 cached | retries 12, failures http_503: 2 | 1.2M tokens, spend 0.84
 
 as one line: redrawn in place when stderr is a terminal, a plain line every PLAIN_INTERVAL_S
-otherwise (`ray job submit`, CI, a pipe). `spend()` is the one place the run's cost is computed.
+otherwise (`ray job submit`, CI, a pipe).
 """
 
 from __future__ import annotations
@@ -33,13 +33,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from backtrans.config import JobConfig, PriceConfig
-from backtrans.metrics import RunSnapshot, StageCounts
+from backtrans.metrics import RunSnapshot, StageCounts, spend, stage_prices
 
 PLAIN_INTERVAL_S = 5.0  # a plain line this often (no terminal)
 LIVE_INTERVAL_S = 1.0  # the live line's redraw interval (a terminal)
 RATE_WINDOW_S = 10.0  # requests per second are measured over about this long
 POLL_TIMEOUT_S = 10.0
-STAGE_ORDER = ("augment", "generate", "score")  # the order the stages run in (job.STAGES)
 JSONL_COUNT_MAX_BYTES = 1 << 30  # JSON Lines sources up to this size are counted for the rows total
 
 _terminal = None  # the terminal stream once quiet_ray() ran; None: sys.stderr
@@ -119,35 +118,11 @@ def ray_logs_dir() -> str | None:
         return None
 
 
-# --------------------------------------------------------------------------------------------------- spend
-
-
-def spend(snapshot: RunSnapshot, config: JobConfig) -> float | None:
-    """What the run's requests cost at the stages' `price` (per million prompt and completion tokens
-    the servers reported), in the price's currency; None when no stage has a price."""
-    return _spend_at(snapshot, _prices(config))
-
-
-def _spend_at(snapshot: RunSnapshot, prices: dict[str, PriceConfig]) -> float | None:
-    if not prices:
-        return None
-    return sum(
-        price.cost(counts.prompt_tokens, counts.completion_tokens)
-        for name, price in prices.items()
-        if (counts := snapshot.stages.get(name)) is not None
-    )
-
-
-def _prices(config: JobConfig) -> dict[str, PriceConfig]:
-    stages = {name: getattr(config, name) for name in STAGE_ORDER}
-    return {name: stage.price for name, stage in stages.items() if stage is not None and stage.price is not None}
+# ------------------------------------------------------------------------------------------------ the line
 
 
 def format_money(amount: float) -> str:
     return "<0.01" if 0 < amount < 0.005 else f"{amount:,.2f}"
-
-
-# ------------------------------------------------------------------------------------------------ the line
 
 
 def format_count(n: int) -> str:
@@ -194,8 +169,8 @@ class ProgressLine:
                 head += f", ETA {format_duration((total - done) * elapsed_s / this_run)}"
         parts = [head]
         for name in self.stages:
-            rate = request_rates.get(name, 0.0)
-            parts.append(f"{name} {rate:.1f} req/s, {snapshot.in_flight.get(name, 0)} in flight")
+            rate, cached = request_rates.get(name, 0.0), snapshot.stages.get(name, StageCounts()).cache_hits
+            parts.append(f"{name} {rate:.1f} req/s, {snapshot.in_flight.get(name, 0)} in flight, {cached:,} cached")
         counts = [snapshot.stages.get(name, StageCounts()) for name in self.stages]
         failures = Counter()
         for stage in counts:
@@ -203,7 +178,7 @@ class ProgressLine:
         failed = ", ".join(f"{kind}: {n}" for kind, n in failures.most_common()) if failures else "0"
         parts.append(f"retries {sum(stage.retries for stage in counts):,}, failures {failed}")
         tokens = f"{format_count(sum(s.prompt_tokens + s.completion_tokens for s in counts))} tokens"
-        cost = _spend_at(snapshot, self.prices)
+        cost = spend(snapshot, self.prices)
         if cost is not None:
             tokens += f", spend {format_money(cost)}"
         parts.append(tokens)
@@ -352,8 +327,9 @@ def _isatty(stream) -> bool:
 def show_progress(config: JobConfig, metrics, folder, files) -> Iterator[ProgressLine]:
     """Print progress while the body runs the stages: `metrics` is the run's RunMetrics actor,
     `folder` the OutputFolder, `files` the resolved source files (sources.ResolvedFiles)."""
-    stages = tuple(name for name in STAGE_ORDER if getattr(config, name) is not None)
-    line = ProgressLine(stages, rows_before=rows_written_before(folder), prices=_prices(config))
+    line = ProgressLine(
+        tuple(config.llm_stages()), rows_before=rows_written_before(folder), prices=stage_prices(config)
+    )
     reporter = _Reporter(line, metrics, config, folder, files, terminal())
     reporter.start()
     try:

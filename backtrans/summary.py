@@ -21,9 +21,8 @@ import ray
 from pydantic import BaseModel, ValidationError
 
 from backtrans.config import JobConfig, SubsetRule
-from backtrans.metrics import RunSnapshot
+from backtrans.metrics import RunSnapshot, spend, stage_prices
 from backtrans.output import OutputFolder
-from backtrans.progress import spend
 from backtrans.schema import SCORE, SCORE_EXPECTED
 
 # Why a pair has no score: the score stage's failure types under their own names, every failed
@@ -243,7 +242,7 @@ def build_summary(
             for name, counts in snapshot.stages.items()
         },
         spent=_spent(config, snapshot, spent_before or {}),
-        spend=spend(snapshot, config),
+        spend=spend(snapshot, stage_prices(config)),
         simulated=simulated,
         resumed=state == "resume",
         seconds=round(time.time() - started, 2),

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from backtrans.config import JobConfig, PriceConfig
-from backtrans.metrics import RunSnapshot, StageCounts
+from backtrans.metrics import RunSnapshot, StageCounts, spend, stage_prices
 from backtrans.output import OutputFolder
 from backtrans.progress import (
     ProgressLine,
@@ -15,7 +15,6 @@ from backtrans.progress import (
     format_duration,
     rows_total,
     rows_written_before,
-    spend,
 )
 from backtrans.sources import resolve_files
 
@@ -25,7 +24,7 @@ def _snapshot() -> RunSnapshot:
         stages={
             "generate": StageCounts(
                 rows=1300, requests=1320, retries=12, prompt_tokens=400_000, completion_tokens=500_000,
-                failures=Counter({"http_503": 2}),
+                failures=Counter({"http_503": 2}), cache_hits=1200,
             ),
             "score": StageCounts(
                 rows=1234, requests=1240, retries=0, prompt_tokens=250_000, completion_tokens=50_000,
@@ -43,8 +42,8 @@ def test_line_with_total_eta_rates_failures_tokens_and_spend():
     line = ProgressLine(("generate", "score"), rows_total=8000, prices=PRICES)
     text = line.render(_snapshot(), elapsed_s=30.0, request_rates={"generate": 41.23, "score": 40.8})
     assert text == (
-        "backtrans: 1,234/8,000 rows (15%), ETA 2m45s | generate 41.2 req/s, 64 in flight"
-        " | score 40.8 req/s, 63 in flight | retries 12, failures http_503: 3, unparseable_score: 1"
+        "backtrans: 1,234/8,000 rows (15%), ETA 2m45s | generate 41.2 req/s, 64 in flight, 1,200 cached"
+        " | score 40.8 req/s, 63 in flight, 0 cached | retries 12, failures http_503: 3, unparseable_score: 1"
         " | 1.2M tokens, spend 1.05"
     )
 
@@ -53,7 +52,8 @@ def test_unknown_total_has_no_eta_and_no_prices_no_spend():
     line = ProgressLine(("generate", "score"))
     text = line.render(_snapshot(), elapsed_s=30.0, request_rates={})
     assert text == (
-        "backtrans: 1,234/? rows | generate 0.0 req/s, 64 in flight | score 0.0 req/s, 63 in flight"
+        "backtrans: 1,234/? rows | generate 0.0 req/s, 64 in flight, 1,200 cached"
+        " | score 0.0 req/s, 63 in flight, 0 cached"
         " | retries 12, failures http_503: 3, unparseable_score: 1 | 1.2M tokens"
     )
 
@@ -62,7 +62,7 @@ def test_before_any_row_and_a_stage_not_reported_yet():
     line = ProgressLine(("augment", "score"), rows_total=60)
     text = line.render(RunSnapshot(), elapsed_s=3.0, request_rates={})
     assert text == (
-        "backtrans: 0/60 rows (0%) | augment 0.0 req/s, 0 in flight | score 0.0 req/s, 0 in flight"
+        "backtrans: 0/60 rows (0%) | augment 0.0 req/s, 0 in flight, 0 cached | score 0.0 req/s, 0 in flight, 0 cached"
         " | retries 0, failures 0 | 0 tokens"
     )
 
@@ -72,7 +72,7 @@ def test_a_resume_counts_rows_written_before_and_its_eta_uses_this_runs_rate():
     snapshot = RunSnapshot(stages={"score": StageCounts(rows=500, requests=500, prompt_tokens=900)})
     text = line.render(snapshot, elapsed_s=50.0, request_rates={"score": 10.0})
     assert text == (
-        "backtrans: 1,000/2,000 rows (50%), ETA 1m40s | score 10.0 req/s, 0 in flight"
+        "backtrans: 1,000/2,000 rows (50%), ETA 1m40s | score 10.0 req/s, 0 in flight, 0 cached"
         " | retries 0, failures 0 | 900 tokens"
     )
 
@@ -82,7 +82,8 @@ def test_a_finished_run_shows_no_eta_and_a_tiny_spend_is_not_zero():
     snapshot = RunSnapshot(stages={"score": StageCounts(rows=60, requests=60, prompt_tokens=9000)})
     text = line.render(snapshot, elapsed_s=12.0, request_rates={"score": 5.0})
     assert text == (
-        "backtrans: 60/60 rows (100%) | score 5.0 req/s, 0 in flight | retries 0, failures 0 | 9.0k tokens, spend <0.01"
+        "backtrans: 60/60 rows (100%) | score 5.0 req/s, 0 in flight, 0 cached | retries 0, failures 0"
+        " | 9.0k tokens, spend <0.01"
     )
 
 
@@ -95,10 +96,11 @@ def test_spend_is_prices_times_tokens_and_none_without_a_price():
             "score": {**stage, "price": {"input": 1.0, "output": 2.0}},
         }
     )
-    assert spend(_snapshot(), priced) == pytest.approx(0.2 + 0.5 + 0.25 + 0.1)
-    assert spend(RunSnapshot(), priced) == 0
+    assert stage_prices(priced) == PRICES
+    assert spend(_snapshot(), stage_prices(priced)) == pytest.approx(0.2 + 0.5 + 0.25 + 0.1)
+    assert spend(RunSnapshot(), stage_prices(priced)) == 0
     unpriced = JobConfig.model_validate({"source": {"uri": "x.jsonl"}, "score": stage})
-    assert spend(_snapshot(), unpriced) is None
+    assert stage_prices(unpriced) == {} and spend(_snapshot(), stage_prices(unpriced)) is None
 
 
 def test_request_rates_over_the_window():
