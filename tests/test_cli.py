@@ -45,7 +45,9 @@ def _cli(*args, env=None, timeout=300):
     )
 
 
-PROGRESS_LINE = re.compile(r"^backtrans: \d[\d,]*/(\d[\d,]*|\?) rows.* \| \w+ \d+\.\d req/s, \d+ in flight, [\d,]+ cached \| ")
+PROGRESS_LINE = re.compile(
+    r"^backtrans: \d[\d,]*/(\d[\d,]*|\?) rows.* \| \w+ \d+\.\d req/s, \d+ in flight, [\d,]+ cached \| "
+)
 NOISE = ("core_worker.cc", "WARNING", "Progress will be logged", "Parquet dataset sampling", "row/s")
 
 
