@@ -1,6 +1,7 @@
-"""Command line: `backtrans run CONFIG.yaml [--set dotted.key=value ...]`.
+"""Command line: `backtrans run CONFIG.yaml [--set dotted.key=value ...]`, and `backtrans submit` (the
+same, as a Ray job on a cluster, with the keys taken along).
 
-Runs on the cluster at RAY_ADDRESS when it is set, else on a local Ray. Exit status 0 only when the
+`run` uses the cluster at RAY_ADDRESS when it is set, else a local Ray. Exit status 0 only when the
 output is complete; otherwise a one-line reason on stderr and a non-zero status.
 """
 
@@ -20,13 +21,19 @@ EXIT_INTERRUPTED = 130
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="backtrans", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="backtrans", description="Instruction backtranslation as a Ray Data job.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the job a config describes")
-    run.add_argument("config", help="path to a YAML config (see jobs/configs/)")
-    run.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
-    )
+    submit = commands.add_parser("submit", help="`ray job submit` the job, with the keys the config names")
+    for command in (run, submit):
+        command.add_argument("config", help="path to a YAML config (see jobs/configs/)")
+        command.add_argument(
+            "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+        )
+    submit.add_argument("--address", help="the cluster's dashboard, e.g. http://head:8265 (default: RAY_ADDRESS)")
+    submit.add_argument("--runtime-env", help="a runtime_env YAML, e.g. cluster/runtime_env.yaml")
+    submit.add_argument("--working-dir", default=".", help="uploaded for the job, as with ray job submit (default: .)")
+    submit.add_argument("--no-wait", dest="wait", action="store_false", help="return once the job is submitted")
     return parser
 
 
@@ -68,7 +75,9 @@ def _report(result) -> None:
 def run(config_path: str, overrides: list[str], started: float | None = None) -> int:
     """`started`: when the process started, for the run summary's start-up phase."""
     from backtrans.config import ConfigError, load_config
+    from backtrans.submit import load_submitted_keys
 
+    load_submitted_keys()
     try:
         config = load_config(config_path, overrides)
     except ConfigError as error:
@@ -129,7 +138,26 @@ def job_entrypoint() -> int:
 def main(argv: list[str] | None = None) -> int:
     started = time.time()  # before Ray and the job's modules are imported: they are part of the start-up
     args = _parser().parse_args(argv)
+    if args.command == "submit":
+        return submit_job(args)
     return run(args.config, args.overrides, started)
+
+
+def submit_job(args: argparse.Namespace) -> int:
+    from backtrans.config import ConfigError, load_config
+    from backtrans.submit import submit
+
+    try:
+        config = load_config(args.config, args.overrides)  # a bad config never reaches the cluster
+    except ConfigError as error:
+        print(f"backtrans: error: {error}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    try:
+        return submit(config, args.config, args.overrides, address=args.address, runtime_env_file=args.runtime_env,
+                      working_dir=args.working_dir, wait=args.wait)  # fmt: skip
+    except BacktransError as error:
+        print(f"backtrans: error: {mask(str(error))}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

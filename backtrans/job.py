@@ -292,8 +292,8 @@ def run_job(config: JobConfig, started: float | None = None) -> RunResult:
     done = read_summary(folder) if config.output.mode == "resume" else None
     if done is not None and done.complete:
         if repo_id is None or (done.pushed is not None and done.pushed.repo == repo_id):
-            return RunResult(folder.root, "skip", done)
-        return RunResult(folder.root, "push", _publish(config, folder, done, repo_id))  # no LLM request
+            return RunResult(folder.uri, "skip", done)
+        return RunResult(folder.uri, "push", _publish(config, folder, done, repo_id))  # no LLM request
     spent_before = done.spent if done is not None else {}  # what earlier, unfinished runs spent
     budgeted = _budgets_left(config, spent_before)  # the stages' budgets; the summary keeps the user's config
     configure_ray_data()
@@ -356,4 +356,4 @@ def run_job(config: JobConfig, started: float | None = None) -> RunResult:
     published = _publish(config, folder, summary, repo_id)
     if not config.output.keep_cache:  # every row is written: no request of this output is sent again
         folder.delete_dir(folder.cache)
-    return RunResult(folder.root, state, published)
+    return RunResult(folder.uri, state, published)

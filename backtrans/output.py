@@ -50,17 +50,20 @@ class OutputError(BacktransError):
 
 @dataclass(frozen=True)
 class OutputFolder:
-    """`root` is a path in `filesystem`'s own terms (absolute for a local folder, `bucket/prefix` for s3)."""
+    """`root` is a path in `filesystem`'s own terms (absolute for a local folder, `bucket/prefix` for s3);
+    `uri` names the folder for people (a local path, or the URI `output.path` gave)."""
 
     root: str
     filesystem: pafs.FileSystem
+    uri: str
 
     @classmethod
     def at(cls, uri: str) -> OutputFolder:
         if "://" in uri:
             filesystem, root = pafs.FileSystem.from_uri(uri)
-            return cls(root.rstrip("/"), filesystem)
-        return cls(os.path.abspath(os.path.expanduser(uri)), pafs.LocalFileSystem())
+            return cls(root.rstrip("/"), filesystem, uri.rstrip("/"))
+        root = os.path.abspath(os.path.expanduser(uri))
+        return cls(root, pafs.LocalFileSystem(), root)
 
     @property
     def is_local(self) -> bool:
@@ -197,7 +200,7 @@ class OutputFolder:
                     self.delete_dir(path)
         if self.files(self.data) and not self.exists(self.checkpoint):
             raise OutputError(
-                f"output.path {self.root} holds data/ from an unknown run and no checkpoint; "
+                f"output.path {self.uri} holds data/ from an unknown run and no checkpoint; "
                 "set output.mode=overwrite to replace it"
             )
         self.filesystem.create_dir(self.root, recursive=True)

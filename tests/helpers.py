@@ -135,11 +135,11 @@ def wait_until_quiet(sim, quiet_s: float = 3.0, limit_s: float = 60.0) -> None:
 
 def write_score_job(
     path: Path, source: Path, output: Path | str, base_url: str, *, concurrency: int | None = None,
-    commit_rows: int | None = None,
+    commit_rows: int | None = None, **score_keys,
 ):  # fmt: skip
     """A score-only job YAML for the CLI and `ray job submit` tests: instruction and score kept; the
     concurrency and the commit size are the defaults unless given."""
-    score = {"backend": "openai", "base_url": base_url, "model": "judge"}
+    score = {"backend": "openai", "base_url": base_url, "model": "judge", **score_keys}
     if concurrency is not None:
         score["max_concurrency"] = concurrency
     out = {"path": str(output), "columns": ["instruction", "score"]}

@@ -3,6 +3,8 @@ each), created without the stage's key in its environment; the driver alone has 
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,10 +17,11 @@ from ray.cluster_utils import Cluster
 from backtrans.config import StageConfig
 from backtrans.job import JobError, run_job
 from backtrans.simulator import Simulator, SimulatorConfig
-from tests.helpers import score_only_config, write_pairs_jsonl
+from tests.helpers import S3_BUCKET, read_output, score_only_config, write_pairs_jsonl, write_score_job
 
 pytestmark = pytest.mark.integration
 
+REPO = Path(__file__).resolve().parents[1]
 KEY_ENV = "BACKTRANS_CLUSTER_KEY"
 CANARY = "sk-canary-Zq81xKw0cluster"
 ROWS = 120
@@ -84,7 +87,15 @@ def test_key_only_on_the_driver_reaches_every_node_and_no_listing(cluster, tmp_p
         assert sim.stats()["by_kind"]["score"] == ROWS
     _assert_every_row_once(tmp_path / "out")
     assert result.summary.rows == ROWS
+    from ray.util.state import list_actors
 
+    # the stage actors ran, with the key they had from the driver
+    assert any("ScoreStage" in actor.class_name for actor in list_actors(detail=True, limit=1000))
+    _assert_the_key_is_in_no_listing_and_no_log(cluster)
+
+
+def _assert_the_key_is_in_no_listing_and_no_log(cluster) -> None:
+    from ray.job_submission import JobSubmissionClient
     from ray.util.state import list_actors, list_jobs, list_runtime_envs, list_tasks
 
     listings = {
@@ -95,10 +106,6 @@ def test_key_only_on_the_driver_reaches_every_node_and_no_listing(cluster, tmp_p
     }
     for name, listing in listings.items():
         assert CANARY not in json.dumps([str(entry) for entry in listing]), name
-    stage_nodes = {a.node_id for a in listings["actors"] if "ScoreStage" in a.class_name}
-    assert stage_nodes  # the stage actors ran, with the key they had from the driver
-    from ray.job_submission import JobSubmissionClient
-
     nodes, _, dashboard_url = cluster
     jobs = JobSubmissionClient(f"http://{dashboard_url}").list_jobs()  # what `ray job list` shows
     assert jobs and CANARY not in json.dumps([job.model_dump() for job in jobs], default=str)
@@ -106,6 +113,28 @@ def test_key_only_on_the_driver_reaches_every_node_and_no_listing(cluster, tmp_p
     for log in logs.rglob("*"):
         if log.is_file():
             assert CANARY.encode() not in log.read_bytes(), log
+
+
+def test_backtrans_submit_takes_the_key_from_the_submitting_shell_to_every_node(cluster, tmp_path):
+    """`backtrans submit` (ray job submit) with the key only in the submitting process's environment;
+    the job's driver runs on the head, whose environment lacks it; output on the loopback S3 server."""
+    _, _, dashboard_url = cluster
+    source = write_pairs_jsonl(tmp_path / "pairs.jsonl", ROWS)
+    output = f"s3://{S3_BUCKET}/{tmp_path.name}/submitted"
+    with Simulator(SimulatorConfig(api_key=CANARY, latency_ms=1000)) as sim:
+        config = write_score_job(tmp_path / "job.yaml", source, output, sim.url, api_key_env=KEY_ENV)
+        submitted = subprocess.run(
+            [sys.executable, "-m", "backtrans", "submit", str(config), "--address", f"http://{dashboard_url}"],
+            cwd=REPO, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        sent = sim.stats()["by_kind"].get("score", 0)
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    assert sent == ROWS
+    table = read_output(output)
+    assert sorted(table.column("instruction").to_pylist()) == sorted(f"What is fact {i}?" for i in range(ROWS))
+    assert f"wrote {ROWS} rows to {output}/data" in submitted.stdout  # the job's own lines, followed
+    assert CANARY not in submitted.stdout + submitted.stderr
+    _assert_the_key_is_in_no_listing_and_no_log(cluster)
 
 
 def test_losing_a_worker_node_half_way_exits_cleanly_with_every_row_once(cluster, tmp_path):
