@@ -22,93 +22,89 @@ class ConfigError(BacktransError, ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-def _field(default: Any = ..., description: str = "", **constraints: Any) -> Any:
-    """A config field; its description is the README's config table (`config_reference`)."""
-    if callable(default):  # dict, list, a section class or a lambda: a fresh value per config
-        return Field(default_factory=default, description=description, **constraints)
-    return Field(default=default, description=description, **constraints)
+    # A field's docstring is its description: the README's config table (`config_reference`).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 class SourceConfig(_Strict):
-    uri: str = _field(
-        description="`hf://datasets/OWNER/NAME` (with `split`), `hf://datasets/OWNER/NAME/path/or/*.parquet`, "
-        "a local file, folder or glob of `.parquet`/`.jsonl`, or `s3://...`"
-    )
-    split: str = _field("train", "Hub datasets: the split, resolved by the `datasets` library (file-name patterns "
-                        "or the card's `configs:`)")  # fmt: skip
-    config_name: str | None = _field(None, "Hub datasets with several configs (`load_dataset`'s `name`)")
-    revision: str | None = _field(None, "Hub revision (branch, tag or commit)")
-    rename: dict[str, str] = _field(dict, "`{old: new}` column renames, like distilabel's `output_mappings`")
-    limit: int | None = _field(None, "only the first N rows (the same N rows on every resume)", ge=1)
-    bad_lines: Literal["fail", "skip"] = _field(
-        "fail", "malformed or non-UTF-8 JSONL lines: `fail` (naming file and line) or `skip`"
-    )
+    uri: str
+    """`hf://datasets/OWNER/NAME` (with `split`), `hf://datasets/OWNER/NAME/path/or/*.parquet`, a local file, folder or
+    glob of `.parquet`/`.jsonl`, or `s3://...`"""
+    split: str = "train"
+    """Hub datasets: the split, resolved by the `datasets` library (file-name patterns or the card's `configs:`)"""
+    config_name: str | None = None
+    """Hub datasets with several configs (`load_dataset`'s `name`)"""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit)"""
+    rename: dict[str, str] = Field(default_factory=dict)
+    """`{old: new}` column renames, like distilabel's `output_mappings`"""
+    limit: int | None = Field(None, ge=1)
+    """only the first N rows (the same N rows on every resume)"""
+    bad_lines: Literal["fail", "skip"] = "fail"
+    """malformed or non-UTF-8 JSONL lines: `fail` (naming file and line) or `skip`"""
 
 
 class PriceConfig(_Strict):
     """What a stage's endpoint charges, in the user's currency per million tokens."""
 
-    input: float = _field(description="price per million prompt tokens", ge=0)
-    output: float = _field(description="price per million completion tokens", ge=0)
+    input: float = Field(ge=0)
+    """price per million prompt tokens"""
+    output: float = Field(ge=0)
+    """price per million completion tokens"""
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
 
 
 class StageConfig(_Strict):
-    backend: str = _field(
-        description="`hf-endpoint` (huggingface_hub `AsyncInferenceClient`), `openai` (`openai.AsyncOpenAI`), "
-        "`simulated` (the loopback simulator)"
-    )
-    base_url: str | None = _field(None, "server URL; null means the backend's default (api.openai.com for `openai`)")
-    endpoint_name: str | None = _field(None, "`hf-endpoint`: a dedicated Inference Endpoint, looked up by name")
-    model: str = _field(description="model id sent with each request and written to `generation_model` / "
-                        "`scoring_model`")  # fmt: skip
-    api_key_env: str | None = _field(None, "NAME of the environment variable holding the key")
-    max_concurrency: int = _field(
-        32, "requests in flight for the stage across the whole job (split evenly over its actors; halved on "
-        "429s and raised again as they stop)", ge=1
-    )  # fmt: skip
-    requests_per_minute: int | None = _field(None, "rate limit across the whole job (each actor takes an equal "
-                                             "share)", ge=1)  # fmt: skip
-    tokens_per_minute: int | None = _field(
-        None, "token rate limit across the whole job (prompt + completion tokens the server reports)", ge=1
-    )
-    max_requests: int | None = _field(
-        None, "budget: when spent, the job stops with exit 1, a summary that says so, and a checkpoint to resume "
-        "from; it holds for the output, across its re-runs", ge=1
-    )  # fmt: skip
-    max_tokens: int | None = _field(None, "token budget, like `max_requests`", ge=1)
-    failure_window: int = _field(50, "the stage is down when `failure_threshold` of its last N attempts failed: "
-                                 "the job stops instead of writing a failure for every row", ge=1)  # fmt: skip
-    failure_threshold: float = _field(0.8, "see `failure_window`", gt=0, le=1)
-    reask_unparseable: bool = _field(False, "`score`: ask once more when the reply has no parseable `Score:` line "
-                                     "(`method: json`: no valid verdict)")  # fmt: skip
-    timeout_s: float = _field(120, "per request, in seconds", gt=0)
-    max_retries: int = _field(
-        6, "retries of 408/409/429/5xx, timeouts, dropped connections and malformed bodies, with backoff and "
-        "`Retry-After`", ge=0
-    )  # fmt: skip
-    actors: int | None = _field(
-        None, "actors in the stage's pool (null: 1, whose one event loop holds thousands of requests in flight at "
-        "~1 ms of CPU each; set more when the stage needs more than a core); each takes 0.1 CPU and keeps its share "
-        "of `max_concurrency` in flight", ge=1
-    )  # fmt: skip
-    max_input_chars: int = _field(20_000, "longer inputs fail the row without a request", ge=1)
-    generation_kwargs: dict[str, Any] = _field(
-        dict, "`max_new_tokens` (sent as `max_tokens`), `temperature`, `top_p`, `stop`, `seed`, "
-        "`frequency_penalty`, `presence_penalty`"
-    )  # fmt: skip
-    template: str | None = _field(
-        None, "a prompt file with `{instruction}` / `{generation}`; null: the paper's prompt for `score`, the bare "
-        "instruction for `generate`"
-    )  # fmt: skip
-    price: PriceConfig | None = _field(
-        None, "`{input: X, output: Y}` per million tokens: progress, summary and card show the spend"
-    )
+    backend: str
+    """`hf-endpoint` (huggingface_hub `AsyncInferenceClient`), `openai` (`openai.AsyncOpenAI`), `simulated` (the
+    loopback simulator)"""
+    base_url: str | None = None
+    """server URL; null means the backend's default (api.openai.com for `openai`)"""
+    endpoint_name: str | None = None
+    """`hf-endpoint`: a dedicated Inference Endpoint, looked up by name"""
+    model: str
+    """model id sent with each request and written to `generation_model` / `scoring_model`"""
+    api_key_env: str | None = None
+    """NAME of the environment variable holding the key"""
+    max_concurrency: int = Field(32, ge=1)
+    """requests in flight for the stage across the whole job (split evenly over its actors; halved on 429s and raised
+    again as they stop)"""
+    requests_per_minute: int | None = Field(None, ge=1)
+    """rate limit across the whole job (each actor takes an equal share)"""
+    tokens_per_minute: int | None = Field(None, ge=1)
+    """token rate limit across the whole job (prompt + completion tokens the server reports)"""
+    max_requests: int | None = Field(None, ge=1)
+    """budget: when spent, the job stops with exit 1, a summary that says so, and a checkpoint to resume from; it holds
+    for the output, across its re-runs"""
+    max_tokens: int | None = Field(None, ge=1)
+    """token budget, like `max_requests`"""
+    failure_window: int = Field(50, ge=1)
+    """the stage is down when `failure_threshold` of its last N attempts failed: the job stops instead of writing a
+    failure for every row"""
+    failure_threshold: float = Field(0.8, gt=0, le=1)
+    """see `failure_window`"""
+    reask_unparseable: bool = False
+    """`score`: ask once more when the reply has no parseable `Score:` line (`method: json`: no valid verdict)"""
+    timeout_s: float = Field(120, gt=0)
+    """per request, in seconds"""
+    max_retries: int = Field(6, ge=0)
+    """retries of 408/409/429/5xx, timeouts, dropped connections and malformed bodies, with backoff and `Retry-After`"""
+    actors: int | None = Field(None, ge=1)
+    """actors in the stage's pool (null: 1, whose one event loop holds thousands of requests in flight at ~1 ms of CPU
+    each; set more when the stage needs more than a core); each takes 0.1 CPU and keeps its share of `max_concurrency`
+    in flight"""
+    max_input_chars: int = Field(20_000, ge=1)
+    """longer inputs fail the row without a request"""
+    generation_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """`max_new_tokens` (sent as `max_tokens`), `temperature`, `top_p`, `stop`, `seed`, `frequency_penalty`,
+    `presence_penalty`"""
+    template: str | None = None
+    """a prompt file with `{instruction}` / `{generation}`; null: the paper's prompt for `score`, the bare instruction
+    for `generate`"""
+    price: PriceConfig | None = None
+    """`{input: X, output: Y}` per million tokens: progress, summary and card show the spend"""
 
     @field_validator("api_key_env")
     @classmethod
@@ -176,27 +172,28 @@ GENERATION_KWARGS = (
 class AugmentConfig(StageConfig):
     """The backward model: writes an instruction for each segment (the paper's self-augmentation)."""
 
-    prompt: Literal["paper", "bare"] = _field(
-        "paper", "`paper`: the instruction-writing prompt of `prompts/backward.txt`; `bare`: the segment alone, for a "
-        "backward model fine-tuned on bare text (`template:` overrides both)"
-    )  # fmt: skip
-    max_instruction_chars: int = _field(1_000, "a longer written instruction is a row failure", ge=1)
+    prompt: Literal["paper", "bare"] = "paper"
+    """`paper`: the instruction-writing prompt of `prompts/backward.txt`; `bare`: the segment alone, for a backward
+    model fine-tuned on bare text (`template:` overrides both)"""
+    max_instruction_chars: int = Field(1_000, ge=1)
+    """a longer written instruction is a row failure"""
 
 
 class ScoreConfig(StageConfig):
     """The self-curation judge: a stage, and how its verdict is read."""
 
-    method: Literal["parse", "logprobs", "json"] = _field(
-        "parse", "`parse`: the paper's prompt, the reply's last `Score: N` line; `logprobs`: the probabilities of "
-        "1-5 at that score token (`score_expected`, `score_probs`); `json`: a structured `{reason, score}` verdict"
-    )  # fmt: skip
+    method: Literal["parse", "logprobs", "json"] = "parse"
+    """`parse`: the paper's prompt, the reply's last `Score: N` line; `logprobs`: the probabilities of 1-5 at that score
+    token (`score_expected`, `score_probs`); `json`: a structured `{reason, score}` verdict"""
 
 
 class SubsetRule(_Strict):
     """A curated subset's rule: rows scored at least `min_score` and/or expected at least `min_expected`."""
 
-    min_score: int | None = _field(None, "lowest `score` kept", ge=1, le=5)
-    min_expected: float | None = _field(None, "lowest `score_expected` kept (`score.method: logprobs`)", ge=1, le=5)
+    min_score: int | None = Field(None, ge=1, le=5)
+    """lowest `score` kept"""
+    min_expected: float | None = Field(None, ge=1, le=5)
+    """lowest `score_expected` kept (`score.method: logprobs`)"""
 
     @model_validator(mode="after")
     def _some_bound(self) -> SubsetRule:
@@ -213,15 +210,12 @@ def subset_rule(value: int | SubsetRule) -> SubsetRule:
 class CurationConfig(_Strict):
     """The curated training sets published beside `all`, and what is mixed into them."""
 
-    subsets: dict[str, int | SubsetRule] = _field(
-        lambda: {"a4": 4, "a5": 5},
-        "curated dataset configs: name -> minimum score (the paper's A4: score >= 4, A5: score = 5), or name -> "
-        "`{min_score: N, min_expected: X}` (`score_expected` needs `score.method: logprobs`)",
-    )
-    seed: SourceConfig | None = _field(
-        None, "a source of seed pairs (`instruction`, `generation` after `rename`) mixed into every subset with the "
-        "seed tag and a null score"
-    )  # fmt: skip
+    subsets: dict[str, int | SubsetRule] = Field(default_factory=lambda: {"a4": 4, "a5": 5})
+    """curated dataset configs: name -> minimum score (the paper's A4: score >= 4, A5: score = 5), or name ->
+    `{min_score: N, min_expected: X}` (`score_expected` needs `score.method: logprobs`)"""
+    seed: SourceConfig | None = None
+    """a source of seed pairs (`instruction`, `generation` after `rename`) mixed into every subset with the seed tag and
+    a null score"""
 
     @field_validator("subsets", mode="before")
     @classmethod
@@ -253,21 +247,29 @@ class CurationConfig(_Strict):
 class SegmentsConfig(_Strict):
     """The paper's web-segment filter (backtrans/segments/), applied before any request is spent."""
 
-    text_column: str = _field("text", "the web text (after `source.rename`); it becomes `generation`")
-    min_chars: int = _field(600, "shortest segment kept (the paper's bound)", ge=0)
-    max_chars: int = _field(3000, "longest segment kept (the paper's bound)", ge=1)
-    exact_dedup: bool = _field(True, "drop exact duplicates (global)")
-    near_dedup: bool = _field(True, "drop near duplicates: MinHash over word 5-grams (global)")
-    near_dup_threshold: float = _field(0.8, "Jaccard similarity of word 5-gram shingles that counts as a near "
-                                       "duplicate", gt=0, lt=1)  # fmt: skip
-    max_repetition: float = _field(0.3, "most duplicate lines / sentences / 5-grams in one text", gt=0, le=1)
-    boilerplate: bool = _field(True, "drop navigation headers, link-heavy text, cookie banners")
-    max_uppercase_ratio: float = _field(0.5, "most upper-case share of cased letters", gt=0, le=1)
-    keep_first_by: str = _field(
-        ROW_HASH, "of each group of duplicates keep the row with the smallest value here (ties: smallest "
-        "`row_hash`); a source's own order or date column keeps the first"
-    )  # fmt: skip
-    num_partitions: int = _field(16, "hash partitions of the dedup shuffle (more for big corpora)", ge=1)
+    text_column: str = "text"
+    """the web text (after `source.rename`); it becomes `generation`"""
+    min_chars: int = Field(600, ge=0)
+    """shortest segment kept (the paper's bound)"""
+    max_chars: int = Field(3000, ge=1)
+    """longest segment kept (the paper's bound)"""
+    exact_dedup: bool = True
+    """drop exact duplicates (global)"""
+    near_dedup: bool = True
+    """drop near duplicates: MinHash over word 5-grams (global)"""
+    near_dup_threshold: float = Field(0.8, gt=0, lt=1)
+    """Jaccard similarity of word 5-gram shingles that counts as a near duplicate"""
+    max_repetition: float = Field(0.3, gt=0, le=1)
+    """most duplicate lines / sentences / 5-grams in one text"""
+    boilerplate: bool = True
+    """drop navigation headers, link-heavy text, cookie banners"""
+    max_uppercase_ratio: float = Field(0.5, gt=0, le=1)
+    """most upper-case share of cased letters"""
+    keep_first_by: str = ROW_HASH
+    """of each group of duplicates keep the row with the smallest value here (ties: smallest `row_hash`); a source's own
+    order or date column keeps the first"""
+    num_partitions: int = Field(16, ge=1)
+    """hash partitions of the dedup shuffle (more for big corpora)"""
 
     @model_validator(mode="after")
     def _bounds_in_order(self) -> SegmentsConfig:
@@ -277,54 +279,53 @@ class SegmentsConfig(_Strict):
 
 
 class OutputConfig(_Strict):
-    path: str = _field(
-        "out/instruction-backtranslation", "local folder, or a URI pyarrow opens (`s3://`, `gs://`, `abfs://`)"
-    )
-    columns: list[str] = _field(
-        lambda: list(DEFAULT_COLUMNS),
-        "columns kept, in order; may add source columns, `error` (failure record), `row_id` (the stable id), "
-        "`messages` (chat export), `origin` or `row_hash`",
-    )
-    min_rows_per_file: int = _field(50_000, "rows per Parquet shard of a finished output", ge=1)
-    commit_rows: int = _field(
-        1024, "rows per committed write while the job runs (a kill costs no finished reply again: the reply cache "
-        "holds it; the finished output is compacted to `min_rows_per_file`)", ge=1
-    )  # fmt: skip
-    mode: Literal["resume", "overwrite"] = _field(
-        "resume", "`resume`: continue an unfinished output, skip a finished one; `overwrite`: start over (the "
-        "reply cache stays)"
-    )  # fmt: skip
-    keep_cache: bool = _field(
-        False, "keep the reply cache (`OUTPUT/.cache`, every finished reply) when the run completes, e.g. for a "
-        "re-score that re-uses the generations; an unfinished run always keeps it, so a re-run never pays twice"
-    )  # fmt: skip
-    shared: bool = _field(
-        False, "a local `path` that every node of the cluster mounts (NFS): without it, a local path on a "
-        "cluster of more than one node is refused"
-    )  # fmt: skip
+    path: str = "out/instruction-backtranslation"
+    """local folder, or a URI pyarrow opens (`s3://`, `gs://`, `abfs://`)"""
+    columns: list[str] = Field(default_factory=lambda: list(DEFAULT_COLUMNS))
+    """columns kept, in order; may add source columns, `error` (failure record), `row_id` (the stable id), `messages`
+    (chat export), `origin` or `row_hash`"""
+    min_rows_per_file: int = Field(50_000, ge=1)
+    """rows per Parquet shard of a finished output"""
+    commit_rows: int = Field(1024, ge=1)
+    """rows per committed write while the job runs (a kill costs no finished reply again: the reply cache holds it; the
+    finished output is compacted to `min_rows_per_file`)"""
+    mode: Literal["resume", "overwrite"] = "resume"
+    """`resume`: continue an unfinished output, skip a finished one; `overwrite`: start over (the reply cache stays)"""
+    keep_cache: bool = False
+    """keep the reply cache (`OUTPUT/.cache`, every finished reply) when the run completes, e.g. for a re-score that
+    re-uses the generations; an unfinished run always keeps it, so a re-run never pays twice"""
+    shared: bool = False
+    """a local `path` that every node of the cluster mounts (NFS): without it, a local path on a cluster of more than
+    one node is refused"""
 
 
 class HubConfig(_Strict):
-    repo_id: str | None = _field(None, "set to push")
-    private: bool = _field(True, "visibility of a repo the job creates")
-    token_env: str = _field("HF_TOKEN", "NAME of the environment variable with the Hub token")
+    repo_id: str | None = None
+    """set to push"""
+    private: bool = True
+    """visibility of a repo the job creates"""
+    token_env: str = "HF_TOKEN"
+    """NAME of the environment variable with the Hub token"""
 
 
 class JobConfig(_Strict):
-    source: SourceConfig = _field(description="where the rows come from")
-    segments: SegmentsConfig | None = _field(None, "web corpora: filter documents into segments first")
-    augment: AugmentConfig | None = _field(
-        None, "web corpora: the backward-model stage (all `STAGE.*` keys); needs `segments` or a `generation` "
-        "column, and excludes `generate`"
-    )  # fmt: skip
-    generate: StageConfig | None = _field(
-        None, "optional stage that writes a response for each instruction; omit it when the input already has "
-        "`generation`"
-    )  # fmt: skip
-    score: ScoreConfig = _field(description="the self-curation judge")
-    curation: CurationConfig = _field(CurationConfig, "the curated subsets")
-    output: OutputConfig = _field(OutputConfig, "where and how the rows are written")
-    hub: HubConfig = _field(HubConfig, "the Hub push")
+    source: SourceConfig
+    """where the rows come from"""
+    segments: SegmentsConfig | None = None
+    """web corpora: filter documents into segments first"""
+    augment: AugmentConfig | None = None
+    """web corpora: the backward-model stage (all `STAGE.*` keys); needs `segments` or a `generation` column, and
+    excludes `generate`"""
+    generate: StageConfig | None = None
+    """optional stage that writes a response for each instruction; omit it when the input already has `generation`"""
+    score: ScoreConfig
+    """the self-curation judge"""
+    curation: CurationConfig = Field(default_factory=CurationConfig)
+    """the curated subsets"""
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    """where and how the rows are written"""
+    hub: HubConfig = Field(default_factory=HubConfig)
+    """the Hub push"""
 
     @model_validator(mode="after")
     def _one_way_to_make_pairs(self) -> JobConfig:
@@ -437,16 +438,21 @@ def _shown_default(field) -> str:
     return f"`{text}`"
 
 
+def _meaning(field) -> str:
+    # A docstring wrapped over lines is one table cell.
+    return " ".join(field.description.split())
+
+
 def config_reference() -> str:
     """The config keys as a Markdown table: key, default, meaning."""
     rows = ["| key | default | meaning |", "|---|---|---|"]
     for name in ("segments", "augment", "generate"):
-        rows.append(f"| `{name}` | absent | {JobConfig.model_fields[name].description} |")
+        rows.append(f"| `{name}` | absent | {_meaning(JobConfig.model_fields[name])} |")
     for prefix, model in _SECTIONS:
         inherited = StageConfig.model_fields if model in (AugmentConfig, ScoreConfig) else {}
         for key, field in model.model_fields.items():
             if key not in inherited:
-                rows.append(f"| `{prefix}.{key}` | {_shown_default(field)} | {field.description} |")
+                rows.append(f"| `{prefix}.{key}` | {_shown_default(field)} | {_meaning(field)} |")
     return "\n".join(rows)
 
 

@@ -48,6 +48,11 @@ class OutputError(BacktransError):
     pass
 
 
+def _inside(*parts: str) -> property:
+    """A read-only `OutputFolder` attribute: the path of `parts` below its root."""
+    return property(lambda folder: folder.path(*parts))
+
+
 @dataclass(frozen=True)
 class OutputFolder:
     """`root` is a path in `filesystem`'s own terms (absolute for a local folder, `bucket/prefix` for s3);
@@ -72,56 +77,23 @@ class OutputFolder:
     def path(self, *parts: str) -> str:
         return "/".join((self.root, *parts))
 
-    @property
-    def data(self) -> str:
-        return self.path(DATA_DIR)
-
-    @property
-    def checkpoint(self) -> str:
-        return self.path(".checkpoint")
-
-    @property
-    def segments(self) -> str:
-        return self.path(".segments")
-
-    @property
-    def segment_rows(self) -> str:
-        return self.path(".segments", "rows")
-
-    @property
-    def segment_counts(self) -> str:
-        return self.path(".segments", "filter_counts.json")
-
-    @property
-    def cache(self) -> str:
-        return self.path(CACHE_DIR)
-
-    @property
-    def compact(self) -> str:
-        return self.path(".compact")
-
-    @property
-    def compact_marker(self) -> str:
-        return self.path(".compact", COMPACT_MARKER)
-
-    @property
-    def curated_root(self) -> str:
-        return self.path(CURATED_DIR)
+    # The layout of the module docstring.
+    data = _inside(DATA_DIR)
+    checkpoint = _inside(".checkpoint")
+    segments = _inside(".segments")
+    segment_rows = _inside(".segments", "rows")
+    segment_counts = _inside(".segments", "filter_counts.json")
+    cache = _inside(CACHE_DIR)
+    compact = _inside(".compact")
+    compact_marker = _inside(".compact", COMPACT_MARKER)
+    curated_root = _inside(CURATED_DIR)
 
     def curated(self, name: str) -> str:
         return self.path(CURATED_DIR, name)
 
-    @property
-    def plot(self) -> str:
-        return self.path(PLOT_FILE)
-
-    @property
-    def summary(self) -> str:
-        return self.path(SUMMARY_FILE)
-
-    @property
-    def card(self) -> str:
-        return self.path(CARD_FILE)
+    plot = _inside(PLOT_FILE)
+    summary = _inside(SUMMARY_FILE)
+    card = _inside(CARD_FILE)
 
     def relative(self, path: str) -> str:
         """`path` as seen from the root: its name in the Hub repo."""

@@ -11,19 +11,15 @@ Prints one JSON line: rows written and rows with a score.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
+from bench.peer_cli import peer_parser
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--rows", required=True)
-    parser.add_argument("--concurrency", type=int, required=True)
-    parser.add_argument("--workdir", required=True)
-    args = parser.parse_args(argv)
+    args = peer_parser().parse_args(argv)
 
     os.environ.setdefault("DISTILABEL_LOG_LEVEL", "WARNING")
     from distilabel.models import OpenAILLM

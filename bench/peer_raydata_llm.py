@@ -9,21 +9,18 @@ writes Parquet. Prints one JSON line: rows written and rows with a score.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import sys
 
+from bench.peer_cli import peer_parser
+
 SCORE_LINE = re.compile(r"Score:\s*([1-5])")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--rows", required=True)
-    parser.add_argument("--concurrency", type=int, required=True)
-    parser.add_argument("--workdir", required=True)
+    parser = peer_parser()
     parser.add_argument("--num-cpus", type=float, default=None, help="per actor; default: Ray Data's")
     args = parser.parse_args(argv)
 

@@ -24,6 +24,7 @@ import psutil
 
 from backtrans.simulator import SimulatorConfig, start_subprocess
 from bench.monitor import RunMonitor
+from bench.peer_cli import peer_argv
 from bench.workload import job_config, write_job_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,11 +54,11 @@ def _tail(path: Path, lines: int = 15) -> str:
 def measured_run(
     system: str,
     argv_for: Callable[[str], list[str]],
-    *,
     n: int,
     latency_ms: float,
     concurrency: int,
     workdir: Path,
+    *,
     timeout_s: float,
     stall_s: float = 120.0,
     profile: dict | None = None,
@@ -354,10 +355,10 @@ def run_backtrans(
     figures = measured_run(
         "backtrans",
         argv,
-        n=n,
-        latency_ms=latency_ms,
-        concurrency=concurrency,
-        workdir=workdir,
+        n,
+        latency_ms,
+        concurrency,
+        workdir,
         timeout_s=timeout_s,
         profile=profile,
         latency_sigma=latency_sigma,
@@ -380,31 +381,9 @@ def _backtrans_output(out: Path) -> dict:
 
 def run_distilabel(rows: Path, n: int, latency_ms: float, concurrency: int, workdir: Path, *, timeout_s) -> dict:
     def argv(url: str) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "bench.peer_distilabel",
-            "--url",
-            url,
-            "--rows",
-            str(rows),
-            "--concurrency",
-            str(concurrency),
-            "--workdir",
-            str(workdir),
-        ]
+        return peer_argv("bench.peer_distilabel", url, rows, concurrency, workdir)
 
-    figures = measured_run(
-        "distilabel",
-        argv,
-        n=n,
-        latency_ms=latency_ms,
-        concurrency=concurrency,
-        workdir=workdir,
-        timeout_s=timeout_s,
-    )
-    _check_rows(figures, n)
-    return figures
+    return _run_peer("distilabel", argv, n, latency_ms, concurrency, workdir, timeout_s=timeout_s)
 
 
 def run_raydata_llm(
@@ -412,32 +391,16 @@ def run_raydata_llm(
 ) -> dict:
     def argv(url: str) -> list[str]:
         extra = [] if num_cpus is None else ["--num-cpus", str(num_cpus)]
-        return [
-            sys.executable,
-            "-m",
-            "bench.peer_raydata_llm",
-            "--url",
-            url,
-            "--rows",
-            str(rows),
-            "--concurrency",
-            str(concurrency),
-            "--workdir",
-            str(workdir),
-            *extra,
-        ]
+        return [*peer_argv("bench.peer_raydata_llm", url, rows, concurrency, workdir), *extra]
 
-    name = "ray.data.llm"
-    figures = measured_run(
-        name,
-        argv,
-        n=n,
-        latency_ms=latency_ms,
-        concurrency=concurrency,
-        workdir=workdir,
-        timeout_s=timeout_s,
-        stall_s=stall_s,
-    )
+    return _run_peer("ray.data.llm", argv, n, latency_ms, concurrency, workdir, timeout_s=timeout_s, stall_s=stall_s)
+
+
+def _run_peer(
+    system: str, argv: Callable[[str], list[str]], n: int, latency_ms: float, concurrency: int, workdir: Path, **options
+) -> dict:
+    """`measured_run` of a peer: its output is the JSON line it prints."""
+    figures = measured_run(system, argv, n, latency_ms, concurrency, workdir, **options)
     _check_rows(figures, n)
     return figures
 

@@ -97,7 +97,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -234,6 +234,22 @@ def _truthy(value: str | None) -> bool:
 
 _REPO = r"(?P<type>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)"
 
+_Handler = Callable[..., Awaitable[web.StreamResponse]]
+# (methods, path pattern, FakeHub handler), in the order the handlers are defined: a request is
+# answered by the first that matches it.
+_ROUTES: list[tuple[str, str, _Handler]] = []
+
+
+def _route(methods: str, pattern: str) -> Callable[[_Handler], _Handler]:
+    """The decorated handler answers `methods` (space-separated) on raw paths that fully match
+    `pattern`, called with the pattern's named groups as keyword arguments."""
+
+    def register(handler: _Handler) -> _Handler:
+        _ROUTES.append((methods, pattern, handler))
+        return handler
+
+    return register
+
 
 class FakeHub:
     """In-process fake Hub server on 127.0.0.1 (see module docstring)."""
@@ -262,26 +278,6 @@ class FakeHub:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self.url = ""
-        self._routes = [
-            ("GET", r"/api/whoami-v2", self._whoami),
-            ("GET", rf"/api/{_REPO}/auth-check(?P<write>/write)?", self._auth_check),
-            ("POST", r"/api/validate-yaml", self._validate_yaml),
-            ("POST", r"/api/repos/create", self._create_repo_route),
-            ("DELETE", r"/api/repos/delete", self._delete_repo_route),
-            ("GET", rf"/api/{_REPO}(?:/revision/(?P<rev>[^/]+))?", self._repo_info),
-            ("GET", rf"/api/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", self._tree),
-            ("POST", rf"/api/{_REPO}/paths-info/(?P<rev>[^/]+)", self._paths_info),
-            ("POST", rf"/api/{_REPO}/preupload/(?P<rev>[^/]+)", self._preupload),
-            ("POST", rf"/api/{_REPO}/commit/(?P<rev>[^/]+)", self._commit),
-            ("GET", rf"/api/{_REPO}/commits/(?P<rev>[^/]+)", self._list_commits),
-            ("GET", rf"/api/{_REPO}/refs", self._refs),
-            ("POST DELETE", rf"/api/{_REPO}/branch/(?P<rev>[^/]+)", self._branch),
-            (
-                "GET HEAD",
-                r"/(?:(?P<type>datasets|spaces)/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)",
-                self._resolve,
-            ),
-        ]
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -478,11 +474,11 @@ class FakeHub:
             self._check_token(request)
             self._check_failures(request)
             raw_path = request.rel_url.raw_path  # still percent-encoded: '%2F' in revisions/paths survives
-            for methods, pattern, handler in self._routes:
+            for methods, pattern, handler in _ROUTES:
                 match = re.fullmatch(pattern, raw_path)
                 if match and request.method in methods.split():
                     params = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
-                    return await handler(request, **params)
+                    return await handler(self, request, **params)
             logger.warning("FakeHub: unsupported route %s %s", request.method, request.path)
             raise _HubError(404, "Sorry, we can't find the page you are looking for.")
         except _HubError as err:
@@ -562,6 +558,7 @@ class FakeHub:
 
     # ------------------------------------------------------------------ handlers
 
+    @_route("GET", r"/api/whoami-v2")
     async def _whoami(self, request: web.Request) -> web.Response:
         account = self._account(request)
         if account is None:
@@ -581,6 +578,7 @@ class FakeHub:
             }
         )
 
+    @_route("GET", rf"/api/{_REPO}/auth-check(?P<write>/write)?")
     async def _auth_check(self, request: web.Request, type: str, repo: str, write: str = "") -> web.Response:
         with self._lock:
             self._repo(request, type, repo)  # 404 for a missing repo, 401 for a private one without a token
@@ -588,6 +586,7 @@ class FakeHub:
             self._require_write(request, repo.split("/")[0])
         return web.json_response({})
 
+    @_route("POST", r"/api/validate-yaml")
     async def _validate_yaml(self, request: web.Request) -> web.Response:
         # create_commit validates README.md front matter here before uploading anything.
         content = (await request.json()).get("content", "")
@@ -599,6 +598,7 @@ class FakeHub:
             return web.json_response({"errors": [{"message": str(exc)}], "warnings": []}, status=400)
         return web.json_response({"errors": [], "warnings": []})
 
+    @_route("POST", r"/api/repos/create")
     async def _create_repo_route(self, request: web.Request) -> web.Response:
         account = self._require_auth(request)
         body = await request.json()
@@ -617,6 +617,7 @@ class FakeHub:
             repo = self._new_repo(repo_type, repo_id, private)
         return web.json_response({"url": self._repo_url(repo), "name": repo_id, "id": repo_id})
 
+    @_route("DELETE", r"/api/repos/delete")
     async def _delete_repo_route(self, request: web.Request) -> web.Response:
         account = self._require_auth(request)
         body = await request.json()
@@ -628,6 +629,7 @@ class FakeHub:
                 raise _HubError(404, "Repository not found", "RepoNotFound")
         return web.Response(text="")
 
+    @_route("GET", rf"/api/{_REPO}(?:/revision/(?P<rev>[^/]+))?")
     async def _repo_info(self, request: web.Request, type: str, repo: str, rev: str = "main") -> web.Response:
         with self._lock:
             found = self._repo(request, type, repo)
@@ -666,6 +668,7 @@ class FakeHub:
             info = {k: v for k, v in info.items() if k in ("_id", "id", *expand)}
         return web.json_response(info)
 
+    @_route("GET", rf"/api/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?")
     async def _tree(self, request: web.Request, type: str, repo: str, rev: str, path: str = "") -> web.Response:
         path = path.strip("/")
         recursive, expand = _truthy(request.query.get("recursive")), _truthy(request.query.get("expand"))
@@ -684,6 +687,7 @@ class FakeHub:
             entries = [self._entry(found, commit, p, expand) for p in sorted(children)]
         return web.json_response(entries)
 
+    @_route("POST", rf"/api/{_REPO}/paths-info/(?P<rev>[^/]+)")
     async def _paths_info(self, request: web.Request, type: str, repo: str, rev: str) -> web.Response:
         form = await request.post()
         expand = _truthy(form.get("expand"))
@@ -693,6 +697,7 @@ class FakeHub:
             entries = [self._entry(found, commit, p.strip("/"), expand) for p in form.getall("paths", [])]
         return web.json_response([e for e in entries if e is not None])  # missing paths are skipped
 
+    @_route("POST", rf"/api/{_REPO}/preupload/(?P<rev>[^/]+)")
     async def _preupload(self, request: web.Request, type: str, repo: str, rev: str) -> web.Response:
         self._require_write(request, repo.split("/")[0])
         body = await request.json()
@@ -706,6 +711,7 @@ class FakeHub:
         ]
         return web.json_response({"files": files, "commitOid": commit.oid})
 
+    @_route("POST", rf"/api/{_REPO}/commit/(?P<rev>[^/]+)")
     async def _commit(self, request: web.Request, type: str, repo: str, rev: str) -> web.Response:
         self._require_write(request, repo.split("/")[0])
         if _truthy(request.query.get("create_pr")):
@@ -757,6 +763,7 @@ class FakeHub:
             }
         )
 
+    @_route("GET", rf"/api/{_REPO}/commits/(?P<rev>[^/]+)")
     async def _list_commits(self, request: web.Request, type: str, repo: str, rev: str) -> web.Response:
         with self._lock:
             found = self._repo(request, type, repo)
@@ -772,6 +779,7 @@ class FakeHub:
             ]
         return web.json_response(history)
 
+    @_route("GET", rf"/api/{_REPO}/refs")
     async def _refs(self, request: web.Request, type: str, repo: str) -> web.Response:
         with self._lock:
             found = self._repo(request, type, repo)
@@ -781,6 +789,7 @@ class FakeHub:
             ]
         return web.json_response({"branches": branches, "converts": [], "tags": [], "pullRequests": []})
 
+    @_route("POST DELETE", rf"/api/{_REPO}/branch/(?P<rev>[^/]+)")
     async def _branch(self, request: web.Request, type: str, repo: str, rev: str) -> web.Response:
         self._require_write(request, repo.split("/")[0])
         body = await request.json() if request.can_read_body else {}
@@ -795,6 +804,7 @@ class FakeHub:
                 found.branches[rev] = found.resolve(body.get("startingPoint") or "main").oid
         return web.Response(text="")
 
+    @_route("GET HEAD", r"/(?:(?P<type>datasets|spaces)/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)")
     async def _resolve(
         self, request: web.Request, repo: str, rev: str, path: str, type: str = "models"
     ) -> web.StreamResponse:
