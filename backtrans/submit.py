@@ -33,20 +33,20 @@ class SubmitError(BacktransError):
     pass
 
 
-def key_names(config: JobConfig) -> list[str]:
-    """The environment variables the job's driver reads keys from: each stage's `api_key_env`, and
-    `hub.token_env` when the job pushes."""
-    names = [stage.api_key_env for stage in config.llm_stages().values() if stage.api_key_env]
+def key_names(config: JobConfig) -> dict[str, str]:
+    """The environment variables the job's driver reads keys from, by the config key that names each:
+    every stage's `api_key_env`, and `hub.token_env` when the job pushes."""
+    names = {f"{name}.api_key_env": stage.api_key_env for name, stage in config.llm_stages().items()}
     if config.hub.repo_id:
-        names.append(config.hub.token_env)
-    return list(dict.fromkeys(names))
+        names["hub.token_env"] = config.hub.token_env
+    return {key: name for key, name in names.items() if name}
 
 
 def _keys(config: JobConfig) -> dict[str, str]:
     keys = {}
-    for name in key_names(config):
+    for config_key, name in key_names(config).items():
         if not os.environ.get(name):
-            raise SubmitError(f"environment variable {name} is not set (named by the config's *_env keys)")
+            raise SubmitError(f"{config_key}: environment variable {name} is not set")
         keys[name] = os.environ[name]
     return keys
 

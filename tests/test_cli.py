@@ -204,3 +204,27 @@ def test_ray_job_submit_against_a_local_head_and_resume_after_ray_job_stop(tmp_p
     summary = json.loads((output / "run_summary.json").read_text())
     assert sent_after + summary["stages"]["score"]["cache_hits"] == rows - committed
     assert sent_before >= committed and sent_before + sent_after <= rows + 2 * 4
+
+
+def test_submit_with_a_key_not_set_fails_before_reaching_any_cluster(tmp_path):
+    config = write_score_job(tmp_path / "job.yaml", tmp_path / "in.jsonl", "s3://bucket/out", "http://127.0.0.1:9/v1",
+                             api_key_env="BACKTRANS_NOT_SET_KEY")  # fmt: skip
+    result = _cli("submit", str(config), "--address", f"http://127.0.0.1:{_free_port()}")
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        == "backtrans: error: score.api_key_env: environment variable BACKTRANS_NOT_SET_KEY is not set"
+    )
+
+
+def test_submit_packs_the_keys_the_config_names():
+    from backtrans.config import JobConfig
+    from backtrans.submit import key_names
+
+    stage = {"backend": "openai", "model": "m"}
+    config = JobConfig.model_validate({
+        "source": {"uri": "x.jsonl"}, "generate": {**stage, "api_key_env": "GEN_KEY"},
+        "score": {**stage, "api_key_env": "JUDGE_KEY"}, "hub": {"repo_id": "me/data"},
+    })  # fmt: skip
+    assert key_names(config) == {"generate.api_key_env": "GEN_KEY", "score.api_key_env": "JUDGE_KEY",
+                                 "hub.token_env": "HF_TOKEN"}  # fmt: skip
