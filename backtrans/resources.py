@@ -18,9 +18,10 @@ ASYNC_BATCHES_PER_TASK = 4  # Ray Data's default for async batch UDFs
 # Rows per stage task: one task runs all its batches at once (the source reads blocks of this size).
 ROWS_PER_TASK = ROWS_PER_BATCH * ASYNC_BATCHES_PER_TASK
 # Actors per stage when `actors` is not set. An actor is one event loop that holds thousands of
-# requests in flight at about 1 ms of CPU each (BENCHMARKS.md): one actor keeps up with ~1,000
-# requests per second, i.e. 4,000 in flight at a 4 s latency. In-flight requests cost memory, not
-# CPU, so max_concurrency does not add actors; a stage that needs more CPU than one core sets `actors`.
+# requests in flight; it spends about 4 ms of CPU per request (BENCHMARKS.md, api regime), so one
+# actor keeps up with about 250 requests per second, i.e. about 1,000 in flight at a 4 s latency.
+# Waiting requests cost memory, not CPU, so max_concurrency does not add actors; a stage that needs
+# more than a core sets `actors`.
 DEFAULT_ACTORS = 1
 # What the plan holds besides the stage actors: Ray's checkpoint filter actor (a whole CPU, not
 # configurable) and a read and a write task at a time.
@@ -39,11 +40,19 @@ def map_blocks(dataset, fn, *args, num_cpus: float = IO_CPUS):
     return dataset.map_batches(fn, fn_args=args, batch_format="pyarrow", batch_size=None, num_cpus=num_cpus)
 
 
+# Rows an actor holds per request it may have in flight. A task ends when its slowest row does, and a
+# real API's latencies are heavy-tailed (p99 about 3x the mean): a task whose other rows are done
+# still holds its place. With this many rows per slot waiting at the actor's Gate, the Gate
+# (`max_concurrency`), not the number of tasks, bounds what is in flight. Waiting rows cost memory
+# only, and nothing is paid for them until they are sent.
+ROWS_PER_SLOT = 8
+
+
 def stage_pool(max_concurrency: int, actors: int) -> dict:
     """`map_batches` arguments for a stage's actor pool: Ray Data runs at most
     ASYNC_BATCHES_PER_TASK batches of one task at once, so each actor runs enough tasks side by side
-    that its share of `max_concurrency` stays in flight while finished batches leave."""
-    tasks_per_actor = math.ceil(max_concurrency // actors / ROWS_PER_TASK) + 1
+    to hold ROWS_PER_SLOT rows per request slot of its share of `max_concurrency`."""
+    tasks_per_actor = math.ceil(ROWS_PER_SLOT * (max_concurrency // actors) / ROWS_PER_TASK) + 1
     return {
         "batch_size": ROWS_PER_BATCH,
         "num_cpus": IO_CPUS,

@@ -437,8 +437,8 @@ def _api(results: dict) -> list[str]:
         "run of the RSS summed over every process of its tree (driver, Ray's daemons, every worker and actor).",
         "The machine is shared with other work (**load** is the 1-minute load average before / after the run on",
         "2 cores; **other CPU** is CPU-seconds spent outside the run and the simulator): these figures are",
-        "distorted by it. The workload repeats instructions, and a repeated request is answered from the reply",
-        "cache, so there are fewer requests than 2 x N.",
+        "distorted by it. Every instruction is unique, so no request is answered from the reply cache: 2 x N",
+        "requests, unless a run says otherwise.",
         "",
         "| C per stage | N | of C/L (whole / steady) | processes | summed RSS MB | start-up s "
         "| in flight generate: steady median / max | in flight score: steady median / max | requests "

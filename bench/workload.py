@@ -21,11 +21,13 @@ SUBJECTS = (
     "supply and demand",
     "black holes",
 )
+# Every instruction is unique ({i}): a repeated one would be answered from the reply cache, and the
+# run's rows per second would no longer measure requests against C/L.
 ASKS = (
-    "Explain {s} to a twelve-year-old in two short paragraphs.",
-    "List three common misconceptions about {s} and correct each one.",
+    "Explain {s} to a twelve-year-old in two short paragraphs (request {i}).",
+    "List three common misconceptions about {s} and correct each one (request {i}).",
     "Write a short, friendly email to a colleague summarising {s} (item {i}).",
-    "What are the main steps of {s}? Answer as a numbered list.",
+    "What are the main steps of {s}? Answer as a numbered list (request {i}).",
     "Give a one-paragraph overview of {s} and one practical example (case {i}).",
 )
 
