@@ -59,7 +59,10 @@ class AdaptiveLimit:
                 self.limit = max(1.0, self.limit / 2)
             else:
                 self.limit = min(float(self.ceiling), self.limit + 1 / self.limit)
-            self._changed.notify_all()
+            # Wake as many waiters as there are free slots, not all of them: an actor holds several
+            # rows per slot (resources.ROWS_PER_SLOT), and waking thousands on every reply cost more
+            # CPU than the request (BENCHMARKS.md, api regime).
+            self._changed.notify(max(0, int(self.limit) - self.in_flight))
 
 
 class RateLimit:

@@ -39,6 +39,27 @@ def test_adaptive_limit_blocks_at_the_limit():
     asyncio.run(scenario())
 
 
+def test_a_release_wakes_one_waiter_per_free_slot_and_a_cancelled_waiter_loses_no_slot():
+    async def scenario():
+        limit = AdaptiveLimit(2)
+        await limit.acquire()
+        await limit.acquire()
+        waiters = [asyncio.ensure_future(limit.acquire()) for _ in range(5)]
+        await asyncio.sleep(0.01)
+        waiters[0].cancel()  # a row whose task Ray Data cancelled while it waited
+        await limit.release(pushed_back=False)
+        await asyncio.sleep(0.01)
+        assert [w.done() and not w.cancelled() for w in waiters] == [False, True, False, False, False]
+        for _ in range(2):  # every slot freed is taken, in the order the rows came
+            await limit.release(pushed_back=False)
+        await asyncio.wait_for(asyncio.gather(*waiters[2:4]), 1)
+        assert not waiters[4].done() and limit.in_flight == 2
+        await limit.release(pushed_back=False)
+        await asyncio.wait_for(waiters[4], 1)
+
+    asyncio.run(scenario())
+
+
 def test_rate_limit_spends_and_waits_for_credit():
     async def scenario():
         bucket = RateLimit(per_minute=6000)  # 100 per second, burst of 100
