@@ -158,6 +158,9 @@ def submit_job(args: argparse.Namespace) -> int:
     except BacktransError as error:
         print(f"backtrans: error: {mask(str(error))}", file=sys.stderr)
         return EXIT_FAILED
+    except Exception as error:  # e.g. no dashboard at the address: one line, as for `run`
+        print(f"backtrans: error: {root_failure(error)[1]}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

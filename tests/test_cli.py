@@ -206,15 +206,19 @@ def test_ray_job_submit_against_a_local_head_and_resume_after_ray_job_stop(tmp_p
     assert sent_before >= committed and sent_before + sent_after <= rows + 2 * 4
 
 
-def test_submit_with_a_key_not_set_fails_before_reaching_any_cluster(tmp_path):
+def test_submit_fails_in_one_line_without_its_key_or_its_cluster(tmp_path):
     config = write_score_job(tmp_path / "job.yaml", tmp_path / "in.jsonl", "s3://bucket/out", "http://127.0.0.1:9/v1",
                              api_key_env="BACKTRANS_NOT_SET_KEY")  # fmt: skip
-    result = _cli("submit", str(config), "--address", f"http://127.0.0.1:{_free_port()}")
+    address = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    result = _cli("submit", str(config), "--address", address)
     assert result.returncode == 1
-    assert (
-        result.stderr.strip()
-        == "backtrans: error: score.api_key_env: environment variable BACKTRANS_NOT_SET_KEY is not set"
+    assert result.stderr.strip() == (
+        "backtrans: error: score.api_key_env: environment variable BACKTRANS_NOT_SET_KEY is not set"
     )
+    # With the key set, the unreachable dashboard is one line too, and the key is not in it.
+    result = _cli("submit", str(config), "--address", address, env={"BACKTRANS_NOT_SET_KEY": "sk-submit-Zx81kQ"})
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("backtrans: error: ") and "sk-submit-Zx81kQ" not in result.stdout + result.stderr
 
 
 def test_submit_packs_the_keys_the_config_names():
