@@ -6,6 +6,7 @@ import signal
 import time
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from backtrans.config import JobConfig
@@ -103,6 +104,13 @@ def score_only_config(source: Path, output: Path, base_url: str, **score) -> Job
     stage = {"backend": "openai", "base_url": base_url, "model": "judge-model", "max_concurrency": 8}
     stage.update({"max_retries": 3, "timeout_s": 5, **score})
     return JobConfig.model_validate({"source": {"uri": str(source)}, "score": stage, "output": {"path": str(output)}})
+
+
+def files_under(location: Path | str) -> list[str]:
+    """Every file below a local folder or a URI (`s3://...`), relative to it, in name order."""
+    folder = OutputFolder.at(str(location))
+    found = folder.filesystem.get_file_info(pafs.FileSelector(folder.root, recursive=True, allow_not_found=True))
+    return sorted(folder.relative(info.path) for info in found if info.type == pafs.FileType.File)
 
 
 def checkpointed_ids(output: Path | str) -> set[int]:

@@ -5,22 +5,16 @@ and a resume on the bucket: tests/test_cache.py.)"""
 import io
 import os
 
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
 from backtrans.job import run_job
 from backtrans.simulator import Simulator, SimulatorConfig
-from tests.helpers import S3_BUCKET, S3_SECRET, read_output, score_only_config, write_pairs_jsonl
+from tests.helpers import S3_BUCKET, S3_SECRET, files_under, read_output, score_only_config, write_pairs_jsonl
 
 pytestmark = pytest.mark.integration
 
 ROWS = 40
-
-
-def _files(filesystem: pafs.FileSystem, prefix: str) -> list[str]:
-    found = filesystem.get_file_info(pafs.FileSelector(f"{S3_BUCKET}/{prefix}", recursive=True, allow_not_found=True))
-    return sorted(info.path.removeprefix(f"{S3_BUCKET}/{prefix}/") for info in found if info.type == pafs.FileType.File)
 
 
 def test_seed_job_on_s3_then_a_rerun_that_does_nothing_then_a_push(s3, local_ray, tmp_path, monkeypatch, fake_hub):
@@ -42,7 +36,7 @@ def test_seed_job_on_s3_then_a_rerun_that_does_nothing_then_a_push(s3, local_ray
         assert pushed.state == "push" and sim.stats()["total_requests"] == 0
 
     assert os.listdir(tmp_path) == ["in"]  # no local `s3:` folder, nothing else on the local disk
-    written = _files(s3, prefix)
+    written = files_under(config.output.path)
     assert {"README.md", "run_summary.json", "score_distribution.png"} <= set(written)
     assert sorted(read_output(config.output.path).column("instruction").to_pylist()) == sorted(
         f"What is fact {i}?" for i in range(ROWS)

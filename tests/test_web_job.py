@@ -17,7 +17,7 @@ from backtrans.schema import BacktransError
 from backtrans.simulator import Simulator, SimulatorConfig
 from backtrans.sources import read_source
 from backtrans.stages import instruction_problem
-from tests.helpers import expected_score
+from tests.helpers import S3_BUCKET, expected_score, files_under, read_output
 
 pytestmark = pytest.mark.usefixtures("local_ray")
 
@@ -128,22 +128,27 @@ def test_rescoring_keeps_ids_and_reports_moves_between_subsets(tmp_path):
     )
 
 
-def test_a_resumed_web_run_reuses_the_segments_and_sends_nothing_twice(tmp_path):
-    segments_dir = tmp_path / "web" / ".segments"
+def _segment_files(output: str) -> list[str]:
+    return [path for path in files_under(output) if path.startswith(".segments/")]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_resumed_web_run_reuses_the_segments_and_sends_nothing_twice(where, s3, tmp_path):
+    output = str(tmp_path / "web") if where == "local" else f"s3://{S3_BUCKET}/{tmp_path.name}/web"
     with Simulator(SimulatorConfig(latency_ms=2)) as sim:
-        config = load_config(WEB_DEMO, [f"output.path={tmp_path / 'web'}", *_on_simulator(sim.url, "augment", "score")])
+        config = load_config(WEB_DEMO, [f"output.path={output}", *_on_simulator(sim.url, "augment", "score")])
         config.output.mode = "resume"
         config.augment.max_requests = 100  # the budget stops the first run part way
         with pytest.raises(BacktransError, match="run the same command again to resume"):
             run_job(config)
         first = _requests_by_kind(sim)["backward"]
-        segment_files = sorted(path.name for path in segments_dir.rglob("*"))
-        written = pq.read_table(tmp_path / "web" / "data").num_rows if any((tmp_path / "web" / "data").glob("*")) else 0
+        segment_files = _segment_files(output)
+        written = read_output(output).num_rows if any(p.startswith("data/") for p in files_under(output)) else 0
         config.augment.max_requests = None
         result = run_job(config)
         total = _requests_by_kind(sim)["backward"]
-    assert sorted(path.name for path in segments_dir.rglob("*")) == segment_files  # filtered once, reused
-    data = pq.read_table(tmp_path / "web" / "data").to_pylist()
+    assert segment_files and _segment_files(output) == segment_files  # filtered once, reused
+    data = read_output(output).to_pylist()
     assert len({row["row_id"] for row in data}) == len(data) == result.summary["segments"]["kept"]
     # The second run asked only for the rows not written by the first.
     assert total - first <= len(data) - written
