@@ -8,8 +8,10 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
+from backtrans.config import SourceConfig
 from backtrans.job import run_job
 from backtrans.simulator import Simulator, SimulatorConfig
+from backtrans.sources import resolve_files
 from tests.helpers import S3_BUCKET, S3_SECRET, files_under, read_output, score_only_config, write_pairs_jsonl
 
 pytestmark = pytest.mark.integration
@@ -19,7 +21,13 @@ ROWS = 40
 
 def test_seed_job_on_s3_then_a_rerun_that_does_nothing_then_a_push(s3, local_ray, tmp_path, monkeypatch, fake_hub):
     monkeypatch.chdir(tmp_path)
-    source = write_pairs_jsonl(tmp_path / "in" / "pairs.jsonl", ROWS)
+    # The corpus is on the bucket too, in 4 files: a folder URI is listed into its files, each a read task.
+    lines = write_pairs_jsonl(tmp_path / "in" / "pairs.jsonl", ROWS).read_text().splitlines(keepends=True)
+    source = f"s3://{S3_BUCKET}/{tmp_path.name}/corpus/"
+    for shard in range(4):
+        with s3.open_output_stream(f"{S3_BUCKET}/{tmp_path.name}/corpus/part-{shard}.jsonl") as f:
+            f.write("".join(lines[shard::4]).encode())
+    assert len(resolve_files(SourceConfig(uri=source)).paths) == 4
     prefix = f"{tmp_path.name}/seed"
     with Simulator(SimulatorConfig(latency_ms=5)) as sim:
         config = score_only_config(source, tmp_path / "unused", sim.url)
