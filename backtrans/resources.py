@@ -18,8 +18,8 @@ ASYNC_BATCHES_PER_TASK = 4  # Ray Data's default for async batch UDFs
 # Rows per stage task: one task runs all its batches at once (the source reads blocks of this size).
 ROWS_PER_TASK = ROWS_PER_BATCH * ASYNC_BATCHES_PER_TASK
 # Actors per stage when `actors` is not set. An actor is one event loop that holds thousands of
-# requests in flight; it spends about 4 ms of CPU per request (BENCHMARKS.md, api regime), so one
-# actor keeps up with about 250 requests per second, i.e. about 1,000 in flight at a 4 s latency.
+# requests in flight; it spends 2.6-3.9 ms of CPU per request (BENCHMARKS.md, api regime), so one
+# actor keeps up with 250-380 requests per second, i.e. 1,000-1,500 in flight at a 4 s latency.
 # Waiting requests cost memory, not CPU, so max_concurrency does not add actors; a stage that needs
 # more than a core sets `actors`.
 DEFAULT_ACTORS = 1
