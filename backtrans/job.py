@@ -175,7 +175,7 @@ def _read_candidates(
     counts = write_segments(config, folder, metrics_name, source_files)
     if not counts["kept"]:
         raise JobError(f"segments: the filter removed all {counts['rows_in']} documents of {config.source.uri}")
-    return read_segments(folder)
+    return read_segments(config, folder)
 
 
 def _kept_columns(config: JobConfig) -> list[str]:

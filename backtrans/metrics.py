@@ -57,7 +57,6 @@ class RunSnapshot:
     skipped_lines: int = 0  # JSONL lines skipped under `source.bad_lines: skip`
     stop: StopReason | None = None  # the first stop a stage recorded; None while the run goes on
     in_flight: dict[str, int] = field(default_factory=dict)  # requests in flight per stage, last reports
-    filter_counts: dict[str, int] = field(default_factory=dict)  # segment filter: rows by rule, and "kept"
 
 
 def stage_prices(config: JobConfig) -> dict[str, PriceConfig]:
@@ -85,7 +84,6 @@ class RunMetrics:
         self._skipped_lines: set[str] = set()
         self._stop: StopReason | None = None
         self._in_flight: dict[str, dict[str, int]] = {}  # stage -> actor id -> its last report
-        self._filter_counts: Counter = Counter()
 
     def add(self, stage: str, counts: StageCounts) -> None:
         self._stages.setdefault(stage, StageCounts()).add(counts)
@@ -101,16 +99,12 @@ class RunMetrics:
     def gauge(self, stage: str, actor_id: str, in_flight: int) -> None:
         self._in_flight.setdefault(stage, {})[actor_id] = in_flight
 
-    def filtered(self, rule_counts: dict[str, int]) -> None:
-        self._filter_counts.update(rule_counts)
-
     def snapshot(self) -> RunSnapshot:
         return RunSnapshot(
             stages=dict(self._stages),
             skipped_lines=len(self._skipped_lines),
             stop=self._stop,
             in_flight={stage: sum(actors.values()) for stage, actors in self._in_flight.items()},
-            filter_counts=dict(self._filter_counts),
         )
 
 

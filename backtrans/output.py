@@ -8,7 +8,8 @@ Layout of `output.path` (a local folder, or any URI `pyarrow.fs.FileSystem.from_
     score_distribution.png
     run_summary.json    counts, scores, failures, tokens, timings; `"complete": true` marks a finished output
     .checkpoint/        Ray Data's checkpoint of written row ids while a run is unfinished
-    .segments/          web jobs: the filtered segments the LLM stages read, and the filter counts
+    .segments/          web jobs: every source row with its filter verdict and dedup keys, the duplicates,
+                        and the filter counts (segments/filter_pass.py)
     .cache/STAGE/       the reply cache (cache.py): every finished reply, until the run completes
     .compact/           a finished run's shards while they are rewritten into few big ones (compaction.py)
 
@@ -82,6 +83,9 @@ class OutputFolder:
     checkpoint = _inside(".checkpoint")
     segments = _inside(".segments")
     segment_rows = _inside(".segments", "rows")
+    segment_checkpoint = _inside(".segments", "checkpoint")
+    segment_rules_done = _inside(".segments", "rules_done.json")
+    segment_duplicates = _inside(".segments", "duplicates")
     segment_counts = _inside(".segments", "filter_counts.json")
     cache = _inside(CACHE_DIR)
     compact = _inside(".compact")
@@ -139,6 +143,11 @@ class OutputFolder:
 
     def parquet_files(self, directory: str) -> list[str]:
         return self.files(directory, ".parquet")
+
+    def committed_checkpoint_files(self, checkpoint: str) -> list[str]:
+        """The files of Ray Data's checkpoint at `checkpoint` whose rows are committed: Ray names a file
+        `.pending.` until the write that holds its rows has finished (it removes both on the next run)."""
+        return [path for path in self.parquet_files(checkpoint) if ".pending." not in path]
 
     def delete_file(self, path: str) -> None:
         """Remove a file; a missing one is no error (an earlier, cut-short run may have removed it)."""
@@ -207,11 +216,12 @@ class OutputFolder:
         return pads.dataset(self.parquet_files(directory), format="parquet", filesystem=self.filesystem)
 
 
-def checkpoint_config(folder: OutputFolder) -> CheckpointConfig:
-    # Kept after success so a re-run can tell finished rows from new ones; the summary marks completion.
+def checkpoint_config(folder: OutputFolder, path: str) -> CheckpointConfig:
+    """Ray Data's checkpoint of written row ids at `path` in the folder. Kept after success so a re-run
+    can tell finished rows from new ones; a marker (the summary, the segment pass's) says it is done."""
     return CheckpointConfig(
         id_column=ROW_HASH,
-        checkpoint_path=folder.checkpoint,
+        checkpoint_path=path,
         override_filesystem=folder.filesystem,
         delete_checkpoint_on_success=False,
     )
@@ -230,7 +240,7 @@ def write_rows(dataset: ray.data.Dataset, folder: OutputFolder, output: OutputCo
     `output.commit_rows` rows: Ray's checkpoint records a row when the write task holding it ends."""
     kept = map_blocks(dataset, _keep_columns, columns if ROW_HASH in columns else [*columns, ROW_HASH])
     # Only this plan is checkpointed: it starts with the Read and ends with the Write, as Ray requires.
-    kept.context.checkpoint_config = checkpoint_config(folder)
+    kept.context.checkpoint_config = checkpoint_config(folder, folder.checkpoint)
     write_parquet(kept, folder, folder.data, output.commit_rows, IO_CPUS, drop_row_hash=ROW_HASH not in columns)
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from backtrans.config import JobConfig, PriceConfig
 from backtrans.metrics import RunSnapshot, StageCounts, spend, stage_prices
+from backtrans.segments.filter_pass import filter_counts
 
 PLAIN_INTERVAL_S = 5.0  # a plain line this often (no terminal)
 LIVE_INTERVAL_S = 1.0  # the live line's redraw interval (a terminal)
@@ -213,7 +214,8 @@ def rows_total(config: JobConfig, folder, files) -> int | None:
     limit = config.source.limit
     try:
         if config.segments is not None:
-            return folder.count_rows(folder.segment_rows)
+            counts = filter_counts(folder)  # the pass has run when the stages start
+            return counts and counts["kept"]
         counted = _source_rows(files)
     except Exception:  # the total is a nicety: an unreadable footer leaves it unknown
         counted = None
@@ -249,7 +251,7 @@ def rows_written_before(folder) -> int:
     import pyarrow.parquet as pq
 
     try:
-        committed = [p for p in folder.files(folder.checkpoint, ".parquet") if ".pending." not in p]
+        committed = folder.committed_checkpoint_files(folder.checkpoint)
         return sum(pq.ParquetFile(folder.open(path)).metadata.num_rows for path in committed)
     except Exception:  # the count is a nicety: an unreadable checkpoint shows 0 before this run
         return 0

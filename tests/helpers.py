@@ -113,10 +113,11 @@ def files_under(location: Path | str) -> list[str]:
     return sorted(folder.relative(info.path) for info in found if info.type == pafs.FileType.File)
 
 
-def checkpointed_ids(output: Path | str) -> set[int]:
-    """The row ids in Ray Data's checkpoint of an output, a local folder or a URI."""
+def checkpointed_ids(output: Path | str, checkpoint: str = "checkpoint") -> set[int]:
+    """The row ids committed in a Ray Data checkpoint of an output (a local folder or a URI): the
+    stages' (`checkpoint`) or the segment pass's (`segment_checkpoint`)."""
     folder = OutputFolder.at(str(output))
-    files = [path for path in folder.parquet_files(folder.checkpoint) if ".pending." not in path]
+    files = folder.committed_checkpoint_files(getattr(folder, checkpoint))
     return {i for path in files for i in pq.read_table(path, filesystem=folder.filesystem).column(ROW_HASH).to_pylist()}
 
 

@@ -1,14 +1,21 @@
 """What the segment tests share: two clean paragraphs, what jobs/data/web_sample.jsonl holds (as its
 README describes it, written out here so that no test parses the README), and the sample as a Dataset."""
 
+import uuid
 from pathlib import Path
 
 import ray
 
+from backtrans.config import JobConfig, load_config
 from backtrans.jsonl_datasource import JsonlDatasource
-from backtrans.segments.filter_pass import summarize
+from backtrans.metrics import start_metrics
+from backtrans.output import OutputFolder
+from backtrans.segments.filter_pass import read_segments, write_segments
+from backtrans.sources import resolve_files
 
-SAMPLE = Path(__file__).resolve().parents[2] / "jobs" / "data" / "web_sample.jsonl"
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "jobs" / "data" / "web_sample.jsonl"
+WEB_DEMO = ROOT / "jobs" / "configs" / "web_demo.yaml"
 
 
 def _ids(*numbers: int) -> list[str]:
@@ -71,6 +78,23 @@ def read_sample() -> ray.data.Dataset:
     return ray.data.read_datasource(JsonlDatasource([str(SAMPLE)]))
 
 
-def filter_counts(metrics: ray.actor.ActorHandle) -> dict:
-    """What the filter told the run's metrics actor, in the pass's shape."""
-    return summarize(ray.get(metrics.snapshot.remote()).filter_counts)
+def pass_config(output: Path | str, source: Path | str = SAMPLE, **segments) -> JobConfig:
+    """The web demo's job on `source` into `output`, with these `segments:` keys."""
+    config = load_config(WEB_DEMO, [f"output.path={output}", f"source.uri={source}"])
+    config.segments = config.segments.model_copy(update=segments)
+    return config
+
+
+def segment_pass(config: JobConfig) -> tuple[dict, OutputFolder]:
+    """Run the segment pass of `config` as the job does; its counts and the output folder."""
+    folder = OutputFolder.at(config.output.path)
+    name = f"backtrans-test-metrics-{uuid.uuid4().hex[:8]}"
+    actor = start_metrics(name)
+    try:
+        return write_segments(config, folder, name, resolve_files(config.source)), folder
+    finally:
+        ray.kill(actor)
+
+
+def kept_segments(config: JobConfig) -> list[dict]:
+    return read_segments(config, OutputFolder.at(config.output.path))[0].take_all()

@@ -4,41 +4,41 @@ import pyarrow as pa
 import pytest
 
 from backtrans.config import SegmentsConfig
-from backtrans.segments.dedup import REASONS, _key_rows, _removed
-from backtrans.segments.filter_pass import filter_segments
+from backtrans.segments.dedup import REASONS, _key_rows, _losers
+from backtrans.segments.filter_pass import rule_rows
 from backtrans.segments.minhash import content_hash, lsh_params
 from backtrans.segments.rules import RowRules
-from tests.segments.data import DUPLICATE_OF, KEPT, OTHER, PROSE, filter_counts, read_sample
+from tests.segments.data import DUPLICATE_OF, KEPT, OTHER, PROSE, kept_segments, pass_config, read_sample, segment_pass
 
 
 def _code(reason: str) -> int:
     return REASONS.index(reason) + 1
 
 
-def test_a_removed_row_gives_one_key_row_and_a_passing_row_one_per_dedup_key():
+def test_a_removed_row_gets_no_keys_and_a_passing_row_one_row_per_dedup_key():
     config = SegmentsConfig()
     longer = PROSE + "\n" + OTHER
     batch = pa.table({"text": ["too short", PROSE, longer], "row_hash": pa.array([7, 8, 9], pa.uint64())})
-    keys = _key_rows(batch, RowRules.from_config(config), config)
+    rows = rule_rows(batch, RowRules.from_config(config), config)
     bands, _ = lsh_params(config.near_dup_threshold)
-    assert keys.num_rows == 1 + 2 * (1 + bands)
-    by_row = {row_id: keys.filter(pa.compute.equal(keys["row_hash"], row_id)) for row_id in (7, 8, 9)}
-    assert by_row[7]["code"].to_pylist() == [_code("too_short")] and by_row[7]["key"].to_pylist() == [7]
+    assert rows["filter_code"].to_pylist() == [_code("too_short"), 0, 0]
+    assert rows["text"].to_pylist() == [None, PROSE, longer]
+    assert rows["dedup_keys"][0].as_py() is None and [len(keys.as_py()) for keys in rows["dedup_keys"][1:]] == [26] * 2
+    keys = _key_rows(rows, config)
+    assert keys.num_rows == 2 * (1 + bands)
     for row_id, text in ((8, PROSE), (9, longer)):
-        codes = by_row[row_id]["code"].to_pylist()
-        assert codes == [_code("exact_duplicate")] + [_code("near_duplicate")] * bands
-        assert by_row[row_id]["key"][0].as_py() == content_hash(text)
+        mine = keys.filter(pa.compute.equal(keys["row_hash"], row_id))
+        assert mine["code"].to_pylist() == [_code("exact_duplicate")] + [_code("near_duplicate")] * bands
+        assert mine["key"][0].as_py() == content_hash(text)
     assert "rank" not in keys.column_names  # keep_first_by is row_hash itself
     by_id = config.model_copy(update={"keep_first_by": "id"})
-    ranked = _key_rows(batch.append_column("id", pa.array(["c", "a", "b"])), RowRules.from_config(by_id), by_id)
-    assert ranked["rank"].to_pylist()[:2] == ["c", "a"]
-    with pytest.raises(ValueError, match="needs the column 'id'"):
-        _key_rows(batch, RowRules.from_config(by_id), by_id)
+    ranked = _key_rows(rows.append_column("id", pa.array(["c", "a", "b"])), by_id)
+    assert ranked["rank"].to_pylist()[:2] == ["a", "a"]
 
 
 def _removed_pairs(**columns) -> list[tuple[int, int]]:
     group = pa.table({"shard": pa.array([0] * len(columns["key"]), pa.uint16())} | columns)
-    removed = _removed(group)
+    removed = _losers(group)
     return sorted(zip(removed["row_hash"].to_pylist(), removed["code"].to_pylist(), strict=True))
 
 
@@ -56,21 +56,11 @@ def test_a_row_loses_a_bucket_only_to_a_row_ranked_before_it():
     assert _removed_pairs(**columns, rank=ranks) == [(10, near), (30, near), (30, near)]
 
 
-def test_rows_a_rule_removed_pass_through_the_shard_whatever_their_key():
-    short, near = _code("too_short"), _code("near_duplicate")
-    columns = {
-        "key": pa.array([3, 5, 5, 1], pa.uint64()),  # a removed row's key is its id: 3 and 1 here
-        "row_hash": pa.array([3, 10, 20, 1], pa.uint64()),
-        "code": pa.array([short, near, near, _code("empty")], pa.uint8()),
-    }
-    assert _removed_pairs(**columns) == [(1, _code("empty")), (3, short), (20, near)]
-
-
 @pytest.mark.usefixtures("local_ray")
-def test_by_default_the_copy_with_the_smallest_row_hash_is_kept(metrics):
-    kept = filter_segments(read_sample(), SegmentsConfig(num_partitions=4), metrics)
-    rows = {row["id"]: row["row_hash"] for row in kept.select_columns(["id", "row_hash"]).take_all()}
-    counts = filter_counts(metrics)
+def test_by_default_the_copy_with_the_smallest_row_hash_is_kept(tmp_path):
+    config = pass_config(tmp_path / "out", num_partitions=4)
+    counts, _ = segment_pass(config)
+    rows = {row["id"]: row["row_hash"] for row in kept_segments(config)}
     assert counts["kept"] == len(rows) == KEPT
     assert counts["removed"]["exact_duplicate"] == 12 and counts["removed"]["near_duplicate"] == 8
     everyone = {row["id"]: row["row_hash"] for row in read_sample().select_columns(["id", "row_hash"]).take_all()}

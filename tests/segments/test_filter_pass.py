@@ -1,23 +1,24 @@
-"""The whole filter on Ray: every document of jobs/data/web_sample.jsonl removed by the rule it was built
-to fail (and only those), the counts adding up, the rules run once per row, dedup on and off."""
+"""The whole pass on Ray: every document of jobs/data/web_sample.jsonl removed by the rule it was built
+to fail (and only those), the counts adding up, the rules run once per row, and a killed pass that
+resumes without starting over."""
 
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 
-import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 import ray
 
-from backtrans.config import SegmentsConfig
-from backtrans.segments.dedup import REASONS
-from backtrans.segments.filter_pass import (
-    REASON_COLUMN,
-    annotate_segments,
-    count_reasons,
-    drop_removed,
-    filter_segments,
-)
+from backtrans.config import load_config
+from backtrans.output import OutputFolder
+from backtrans.segments.dedup import CODE_COLUMN, KEYS_COLUMN, REASONS, duplicate_lookup
+from backtrans.segments.filter_pass import rule_rows
 from backtrans.segments.rules import RowRules
+from tests.helpers import S3_BUCKET, checkpointed_ids, sigkill_when
 from tests.segments.data import (
     CATEGORY_OF,
     DUPLICATE_OF,
@@ -25,15 +26,23 @@ from tests.segments.data import (
     OTHER,
     PROSE,
     REMOVED,
+    ROOT,
     SAMPLE,
+    WEB_DEMO,
     LoggedRule,
-    filter_counts,
+    kept_segments,
+    pass_config,
     read_sample,
+    segment_pass,
 )
 
 pytestmark = pytest.mark.usefixtures("local_ray")
 
-EXPECTED = {"rows_in": 220, "kept": 156, "removed": dict(REMOVED)}
+EXPECTED = {"rows_in": 220, "kept": 156, "removed": dict(REMOVED), "skipped_lines": 0}
+
+
+def _written(folder) -> list[dict]:
+    return pq.ParquetDataset(folder.parquet_files(folder.segment_rows), filesystem=folder.filesystem).read().to_pylist()
 
 
 def test_the_sample_is_as_its_readme_says():
@@ -45,55 +54,124 @@ def test_the_sample_is_as_its_readme_says():
     assert {CATEGORY_OF[copy] for copy in DUPLICATE_OF} == {"exact_duplicate", "near_duplicate"}
 
 
-def test_sample_filter_matches_the_readme_and_the_counts_add_up(metrics):
+def test_every_row_is_written_with_its_verdict_and_the_counts_add_up(tmp_path):
     # The sample's ids are in file order, so keeping the smallest id keeps the earlier document.
-    config = SegmentsConfig(keep_first_by="id")
-    annotated = annotate_segments(read_sample(), RowRules.from_config(config), config).materialize()
+    config = pass_config(tmp_path / "out", keep_first_by="id")
+    counts, folder = segment_pass(config)
+    assert counts == EXPECTED
+    assert json.loads(folder.read_text(folder.segment_counts)) == EXPECTED
 
-    reasons = {row["id"]: row[REASON_COLUMN] for row in annotated.select_columns(["id", REASON_COLUMN]).take_all()}
-    assert len(reasons) == 220
+    rows = _written(folder)
+    ids, codes = ray.get(duplicate_lookup(folder)[0])
+    lost = dict(zip(ids.tolist(), codes.tolist(), strict=True))
+    reasons = {}
+    for row in rows:
+        code = row[CODE_COLUMN] or lost.get(row["row_hash"], 0)
+        reasons[row["id"]] = REASONS[code - 1] if code else None
+        # A row a rule removed keeps its id and code, not its text; a passing row carries its keys.
+        assert (row["text"] is None) == bool(row[CODE_COLUMN]) == (row[KEYS_COLUMN] is None)
+    assert len(rows) == len(reasons) == 220
     wrong = {doc: (reason, CATEGORY_OF.get(doc)) for doc, reason in reasons.items() if reason != CATEGORY_OF.get(doc)}
     assert not wrong  # every document is removed by the rule it was built to fail; the good ones are all kept
 
-    assert count_reasons(annotated) == EXPECTED
-
-    rows = drop_removed(annotated, metrics).take_all()
-    assert filter_counts(metrics) == EXPECTED
-    assert EXPECTED["rows_in"] == EXPECTED["kept"] + sum(EXPECTED["removed"].values())
-    assert set(rows[0]) == {"id", "url", "text", "row_hash"}
-    kept_ids = {row["id"] for row in rows}
-    assert len(rows) == len(kept_ids) == KEPT
+    kept = kept_segments(config)
+    assert set(kept[0]) == {"id", "url", "generation", "row_id", "row_hash"}
+    kept_ids = {row["id"] for row in kept}
+    assert len(kept) == len(kept_ids) == KEPT
     assert not kept_ids & set(CATEGORY_OF)
     assert set(DUPLICATE_OF.values()) <= kept_ids  # the originals
 
+    # A finished pass is not run again: its files stay as they are.
+    before = {path: folder.filesystem.get_file_info(path).mtime for path in folder.parquet_files(folder.segment_rows)}
+    assert segment_pass(config)[0] == EXPECTED
+    assert {path: folder.filesystem.get_file_info(path).mtime for path in before} == before
 
-@pytest.mark.parametrize("dedup", [True, False])
-def test_each_rule_runs_once_per_row_it_reaches(tmp_path, dedup):
-    config = SegmentsConfig(exact_dedup=dedup, near_dedup=dedup)
+
+def test_each_rule_runs_once_per_row_it_reaches(tmp_path):
+    config = load_config(WEB_DEMO).segments
     rules = RowRules(tuple(LoggedRule(rule, tmp_path / "calls") for rule in RowRules.from_config(config).rules))
-    annotated = annotate_segments(read_sample(), rules, config)
-    assert annotated.count() == 220
+    rows = read_sample().map_batches(rule_rows, fn_kwargs={"rules": rules, "config": config}, batch_format="pyarrow")
+    assert rows.count() == 220
     calls = Counter((tmp_path / "calls").read_text().split())
     # A row reaches a rule when no rule before it removed the row.
     assert calls == {"Empty": 220, "Length": 216, "Uppercase": 198, "Boilerplate": 192, "Repetitive": 182}
 
 
-def test_filter_without_duplicates_or_dedup(metrics):
+def test_filter_without_duplicates_or_dedup(tmp_path):
     history = OTHER + (
         " Delegations from France, Sweden, Spain, the Dutch Republic and the many states of the Holy Roman Empire"
         " attended, and the settlement redrew borders, recognised Swiss independence and confirmed religious terms."
         " Envoys travelled for weeks to reach the towns, and questions of precedence delayed the opening sessions."
     )
     texts = [PROSE, PROSE.replace("flour", "meal"), "too short", history]
-    items = [{"text": text, "row_hash": np.uint64(i + 1)} for i, text in enumerate(texts)]
-    dataset = ray.data.from_items(items, override_num_blocks=1)
+    source = tmp_path / "docs.jsonl"
+    source.write_text("".join(json.dumps({"id": i, "text": text}) + "\n" for i, text in enumerate(texts)))
     # No duplicates at all (the meal/flour pair is ~0.77 similar, under 0.95): the dedup still runs.
-    config = SegmentsConfig(near_dup_threshold=0.95, num_partitions=2)
-    kept = filter_segments(dataset, config, metrics)
-    assert sorted(row["row_hash"] for row in kept.take_all()) == [1, 2, 4]
-    counts = filter_counts(metrics)
-    assert counts["removed"]["too_short"] == 1 and counts["rows_in"] == 4
+    config = pass_config(tmp_path / "dedup", source, near_dup_threshold=0.95, num_partitions=2, min_chars=100)
+    counts, folder = segment_pass(config)
+    assert sorted(row["id"] for row in kept_segments(config)) == [0, 1, 3]
+    assert counts["removed"]["too_short"] == 1 and counts["rows_in"] == 4 and counts["kept"] == 3
+    assert folder.exists(folder.segment_duplicates)
 
-    no_dedup = SegmentsConfig(exact_dedup=False, near_dedup=False)
-    kept = filter_segments(dataset.select_columns(["text"]), no_dedup, metrics)
-    assert kept.count() == 3 and filter_counts(metrics)["kept"] == 3 + 3  # the same actor, a second filter
+    config = pass_config(tmp_path / "no-dedup", source, exact_dedup=False, near_dedup=False, min_chars=100)
+    counts, folder = segment_pass(config)
+    assert sorted(row["id"] for row in kept_segments(config)) == [0, 1, 3] and counts["kept"] == 3
+    assert not folder.exists(folder.segment_duplicates)
+
+
+COPIES = 30  # the sample 30 times over: 6,600 rows, several commits of the default 1,024
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_killed_pass_resumes_where_it_was_and_runs_the_rules_once_per_committed_row(where, s3, tmp_path):
+    source = tmp_path / "corpus.jsonl"
+    source.write_text(SAMPLE.read_text(encoding="utf-8") * COPIES, encoding="utf-8")
+    rows_in = 220 * COPIES
+    output = str(tmp_path / "out") if where == "local" else f"s3://{S3_BUCKET}/{tmp_path.name}/out"
+    config = pass_config(output, source)  # the default commit size and dedup settings
+    commit = config.output.commit_rows
+
+    def run(calls: str) -> subprocess.Popen:
+        argv = [sys.executable, "-m", "tests.segments.pass_driver", output, str(source), str(tmp_path / calls)]
+        # Its own process group: the local Ray it starts dies with it.
+        return subprocess.Popen(argv, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE, text=True)
+
+    def committed() -> int:
+        return len(checkpointed_ids(output, "segment_checkpoint"))
+
+    sigkill_when(run("first"), lambda: committed() >= 2 * commit)
+    committed_at_kill = committed()
+    ran_first = _lines(tmp_path / "first")
+    second = run("second")
+    out, _ = second.communicate(timeout=600)
+    assert second.returncode == 0
+    ran_second = _lines(tmp_path / "second")
+    print(f"{where}: {rows_in} rows, commit {commit}: the first run ran the rules on {ran_first} and "
+          f"committed {committed_at_kill}; the second ran them on {ran_second}")  # fmt: skip
+
+    assert 2 * commit <= committed_at_kill < rows_in
+    # The re-run ran the rules on exactly the rows not committed; the rows lost to the kill were at
+    # most the blocks in flight then (a write's bundle and the blocks waiting for it).
+    assert ran_second == rows_in - committed_at_kill
+    assert ran_first - committed_at_kill <= 2 * commit
+    counts = json.loads(out.strip().splitlines()[-1])
+    assert counts | {"removed": None} == {"rows_in": rows_in, "kept": KEPT, "removed": None, "skipped_lines": 0}
+    written = _written(OutputFolder.at(output))
+    assert len({row["row_hash"] for row in written}) == len(written) == rows_in  # every row once
+    # The same segments as a pass that was never cut short.
+    whole = pass_config(tmp_path / "whole", source)
+    assert segment_pass(whole)[0] == counts
+    assert {row["row_hash"] for row in kept_segments(config)} == {row["row_hash"] for row in kept_segments(whole)}
+    assert not (tmp_path / "s3:").exists() and os.path.exists(source)
+
+
+def _lines(path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_a_pass_counts_rows_removed_by_a_rule_and_by_dedup_apart(tmp_path):
+    counts, folder = segment_pass(pass_config(tmp_path / "out"))
+    rows = pq.ParquetDataset(folder.parquet_files(folder.segment_rows), filesystem=folder.filesystem).read()
+    by_rule = pc.sum(pc.greater(rows[CODE_COLUMN], 0)).as_py()
+    assert by_rule == sum(counts["removed"][reason] for reason in REASONS[:-2])
+    assert counts["removed"]["exact_duplicate"] == 12 and counts["removed"]["near_duplicate"] == 8

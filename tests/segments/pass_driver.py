@@ -1,0 +1,30 @@
+"""`python -m tests.segments.pass_driver OUTPUT SOURCE CALLS`: the segment pass of the web demo's job
+on its own local Ray, as a run that a test can SIGKILL; each row the rules run on adds a line to CALLS."""
+
+import json
+import sys
+
+import ray
+
+from backtrans.segments import filter_pass
+from backtrans.segments.rules import RowRules
+from tests.segments.data import LoggedRule, pass_config, segment_pass
+
+
+def main(output: str, source: str, calls: str) -> None:
+    class LoggedFirstRule(RowRules):
+        """The rules of the config, the first of which (it sees every row) logs each row it runs on."""
+
+        @classmethod
+        def from_config(cls, config):
+            first, *others = RowRules.from_config(config).rules
+            return RowRules((LoggedRule(first, calls), *others))
+
+    filter_pass.RowRules = LoggedFirstRule
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    counts, _ = segment_pass(pass_config(output, source))
+    print(json.dumps(counts))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
