@@ -14,8 +14,8 @@ pseudo-words drawn uniformly from a 65,536-word vocabulary, so two unrelated doc
 - the rest: distinct documents.
 
 Copies are scattered over the whole corpus (and its files), not next to their originals. A document's
-text is a pure function of (seed, the id of the document whose words it takes, its own id for the
-edits): word ids come from a counter-based hash, so any batch of documents is made at once with numpy,
+text is a pure function of (seed, the index of the document whose words it takes, its own index for
+the edits): word ids come from a counter-based hash, so any batch of documents is made at once with numpy,
 and the corpus is written in bounded memory. The labels (kind, which document is a copy of which, the
 realised Jaccard) go to a side file (`labels_path`), never into the text.
 """
@@ -41,6 +41,7 @@ JACCARD_TOLERANCE = 0.02
 DISTINCT, EXACT = 0, 1  # a document's kind; kind 2 + k: a member of a near pair at NEAR_LEVELS[k]
 KIND_NAMES = ("distinct", "exact", *(f"near_{level:g}" for level in NEAR_LEVELS))
 BATCH = 4096  # documents made and written at once
+VERSION = 2  # of the texts this module writes: a corpus on disk is reused only if it has this version
 
 VOCABULARY = 1 << 16
 # Words per length (3-10 letters), roughly English's spread; sums to VOCABULARY.
@@ -63,9 +64,9 @@ _TARGET_CHARS = (MIN_CHARS + _LONGEST_WORD + 2, MAX_CHARS)
 
 @dataclass(frozen=True)
 class Labels:
-    """What was planted, per document id (0..n-1): `kind` (DISTINCT, EXACT, 2 + near level), `copy_of`
-    (the original's id, -1 for originals and distinct documents), `jaccard` (near copies: the realised
-    shingle Jaccard to the original; NaN otherwise)."""
+    """What was planted, per document index (0..n-1; its `id` is `doc_id(index)`): `kind` (DISTINCT,
+    EXACT, 2 + near level), `copy_of` (the original's index, -1 for originals and distinct documents),
+    `jaccard` (near copies: the realised shingle Jaccard to the original; NaN otherwise)."""
 
     kind: np.ndarray
     copy_of: np.ndarray
@@ -94,6 +95,11 @@ class Corpus:
 
     def labels(self) -> Labels:
         return Labels.load(self.labels_path)
+
+
+def doc_id(index: int) -> str:
+    """A document's `id`: its index as a string (datatrove's JsonlWriter drops falsy fields: an id 0)."""
+    return f"{index:09d}"
 
 
 def labels_path(folder: Path) -> Path:
@@ -312,7 +318,7 @@ def generate(folder: Path, n: int, seed: int = 0, files: int = 1) -> Corpus:
     folder = Path(folder)
     corpus = Corpus(folder, labels_path(folder), n, files, seed)
     manifest = folder.with_name(folder.name + ".json")
-    wanted = {"n": n, "seed": seed, "files": files}
+    wanted = {"n": n, "seed": seed, "files": files, "version": VERSION}
     if manifest.exists() and json.loads(manifest.read_text()).get("plan") == wanted and corpus.labels_path.exists():
         return corpus
     if folder.exists():
@@ -328,7 +334,8 @@ def generate(folder: Path, n: int, seed: int = 0, files: int = 1) -> Corpus:
             for first in range(start, stop, BATCH):
                 last = min(stop, first + BATCH)
                 texts, realised[first:last] = _batch(first, last, kind, copy_of, seed, vocabulary)
-                out.write("".join(json.dumps({"id": first + i, "text": t}) + "\n" for i, t in enumerate(texts)))
+                rows = ({"id": doc_id(first + i), "text": text} for i, text in enumerate(texts))
+                out.write("".join(json.dumps(row) + "\n" for row in rows))
     Labels(kind, copy_of, realised).save(corpus.labels_path)
     counts = {name: int(np.count_nonzero(kind == k)) for k, name in enumerate(KIND_NAMES)}
     manifest.write_text(json.dumps({"plan": wanted, "documents_by_kind": counts}, indent=1) + "\n")
@@ -336,7 +343,7 @@ def generate(folder: Path, n: int, seed: int = 0, files: int = 1) -> Corpus:
 
 
 def quality(labels: Labels, kept_ids) -> dict:
-    """How well a dedup did, from the ids it kept: the same figures for every system.
+    """How well a dedup did, from the ids it kept (`doc_id`s or their ints): the same figures for every system.
 
     - `recall[kind]`: of each planted group (an original and its copies), every member but one should
       go; recall is the share of those removable copies that went, over all groups of the kind (a
@@ -345,7 +352,7 @@ def quality(labels: Labels, kept_ids) -> dict:
     - `false_positive_rate`: the share of distinct documents (in no group) that were removed.
     """
     n = len(labels.kind)
-    kept_ids = np.asarray(kept_ids, np.int64)
+    kept_ids = np.array([int(i) for i in kept_ids], np.int64)
     unknown = int(np.count_nonzero((kept_ids < 0) | (kept_ids >= n)))
     kept = np.zeros(n, bool)
     kept[kept_ids[(kept_ids >= 0) & (kept_ids < n)]] = True

@@ -51,7 +51,7 @@ def job_config(corpus: Path, output: Path) -> dict:
     }
 
 
-def _backtrans_kept(output: Path) -> list[int]:
+def _backtrans_kept(output: Path) -> list[str]:
     import pyarrow.parquet as pq
 
     from backtrans.output import OutputFolder
@@ -60,11 +60,11 @@ def _backtrans_kept(output: Path) -> list[int]:
     return pq.read_table(folder.segment_rows, columns=["id"], filesystem=folder.filesystem)["id"].to_pylist()
 
 
-def _datatrove_kept(output: Path) -> list[int]:
+def _datatrove_kept(output: Path) -> list[str]:
     kept = []
     for path in sorted(output.glob("*.jsonl")):
         with path.open(encoding="utf-8") as lines:
-            kept += [int(json.loads(line)["id"]) for line in lines]
+            kept += [json.loads(line)["id"] for line in lines]
     return kept
 
 

@@ -34,7 +34,7 @@ def test_the_same_seed_writes_the_same_bytes_and_another_seed_other_texts(corpus
 def test_documents_are_id_and_text_in_two_files_and_pass_every_rule(corpus):
     rows = _rows(corpus)
     assert [len(path.read_text().splitlines()) for path in corpus.paths] == [1_000, 1_000]
-    assert [row["id"] for row in rows] == list(range(N))
+    assert [row["id"] for row in rows] == [f"{i:09d}" for i in range(N)]
     assert {tuple(row) for row in rows} == {("id", "text")}
     texts = [row["text"] for row in rows]
     assert all(600 <= len(text) <= 3_000 for text in texts)
