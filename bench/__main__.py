@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
 def _load(path: Path) -> dict:
     if path.exists():
         return json.loads(path.read_text())
-    return {"runs": {}, "client": {}, "profiles": {}, "environment": {}}
+    return {"runs": {}, "segments": {}, "client": {}, "profiles": {}, "environment": {}}
 
 
 def _save(path: Path, results: dict) -> None:

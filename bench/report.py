@@ -377,7 +377,7 @@ def markdown(results: dict, plot_name: str, segments_plot_name: str = "bench/seg
         "## How to reproduce",
         "",
         "```bash",
-        'pip install -e ".[bench]"                # psutil, matplotlib, distilabel (peer); py-spy for --profile',
+        'pip install -e ".[bench]"                # psutil, py-spy, distilabel and datatrove (peers)',
         "python -m bench                          # all regimes, about 15 minutes on 2 cores",
         "python -m bench --quick                  # small N everywhere",
         "python -m bench --regime saturation --n 2000",
