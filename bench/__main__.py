@@ -244,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print("\n".join(report.segments_section(results)))
     report.write(results, args.report, args.plot)
-    print(f"\nwrote {args.report} and {args.plot}")
+    plots = [args.plot] + ([args.plot.with_name("segments.png")] if results.get("segments") else [])
+    print(f"\nwrote {args.report} and {', '.join(map(str, plots))}")
     return 0
 
 

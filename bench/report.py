@@ -495,6 +495,11 @@ def _segments_line(run: dict) -> str:
     )
 
 
+def _per_cpu_s(run: dict) -> float:
+    """Documents per CPU-second of the run's process tree."""
+    return run["n"] / run["cpu_s"]
+
+
 def _met(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
@@ -536,15 +541,18 @@ def segments_section(results: dict, plot_name: str = "bench/segments.png") -> li
         "  filter before the signatures; the kept documents written as JSONL, uncompressed.",
         "",
         "**docs/s** is N over the whole process (start-up included); **per core** divides by the Ray CPUs or",
-        "datatrove's workers; the **ratio** is backtrans's docs/s over datatrove's, only for runs of the same",
-        "invocation. **Driver** is the peak RSS (VmHWM) of the run's own process (for backtrans the Ray driver,",
-        "not the raylet, whose RSS holds the object store's shared memory); **largest worker** the largest of",
-        "any other process that is no Ray daemon; **summed** the peak of the RSS summed over the process tree",
-        "(shared pages count in each process that maps them). **Spilled**: bytes Ray's object store wrote to",
-        "disk in the session (raylet store stats); datatrove has no object store and writes its signatures",
-        "and buckets to disk by design (**intermediates**). Quality comes from the kept ids, the same function",
-        "for both: **recall** is the share of the planted copies removed (of each group, all but one member",
-        "should go), **false positives** the share of distinct documents removed.",
+        "datatrove's workers; **per CPU-s** divides N by the CPU-seconds of the run's whole process tree,",
+        "which other work on this shared machine distorts far less than the wall time (see **load** and",
+        "**other CPU s**: CPU-seconds the machine spent outside the run while it ran). The **ratios** are",
+        "backtrans's over datatrove's, only for runs of the same invocation. **Driver** is the peak RSS",
+        "(VmHWM) of the run's own process (for backtrans the Ray driver, not the raylet, whose RSS holds the",
+        "object store's shared memory); **largest worker** the largest of any other process that is no Ray",
+        "daemon; **summed** the peak of the RSS summed over the process tree (shared pages count in each",
+        "process that maps them). **Spilled**: bytes Ray's object store wrote to disk in the session (raylet",
+        "store stats); datatrove has no object store and writes its signatures and buckets to disk by design",
+        "(**intermediates**). Quality comes from the kept ids, the same function for both: **recall** is the",
+        "share of the planted copies removed (of each group, all but one member should go), **false",
+        "positives** the share of distinct documents removed.",
         "",
         f"![docs/s per core and peak memory against N, both systems]({plot_name})",
     ]
@@ -559,20 +567,24 @@ def segments_section(results: dict, plot_name: str = "bench/segments.png") -> li
             "",
             f"### N = {n:,}",
             "",
-            "| system | docs/s | docs/s per core | backtrans / datatrove | wall s | CPU s | driver peak | "
-            "largest worker peak | summed peak | spilled | intermediates | load before / after, other CPU s "
-            "| status | finished |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| system | docs/s | docs/s per core | docs per CPU-s | backtrans / datatrove (per core, per CPU-s) "
+            "| wall s | CPU s | driver peak | largest worker peak | summed peak | spilled | intermediates "
+            "| load before / after, other CPU s | status | finished |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for system in ("backtrans", "datatrove"):
             run = at_n.get(system)
             if run is None:
                 continue
-            ratio = f"{ours['docs_per_s'] / theirs['docs_per_s']:.2f}x" if same and system == "backtrans" else ""
+            ratio = ""
+            if same and system == "backtrans":
+                per_core = ours["docs_per_s_per_core"] / theirs["docs_per_s_per_core"]
+                ratio = f"{per_core:.2f}x, {_per_cpu_s(ours) / _per_cpu_s(theirs):.2f}x"
             status = run.get("ended") or ("ok" if run.get("complete") else "incomplete")
             host = run["host"]
             out.append(
-                f"| {system} | {run['docs_per_s']:,.0f} | {run['docs_per_s_per_core']:,.0f} | {ratio} "
+                f"| {system} | {run['docs_per_s']:,.0f} | {run['docs_per_s_per_core']:,.0f} "
+                f"| {_per_cpu_s(run):,.0f} | {ratio} "
                 f"| {run['wall_s']:.1f} | {run['cpu_s']:.1f} | {run['driver_peak_rss_mb']:,.0f} MB "
                 f"| {run['largest_worker_peak_rss_mb']:,.0f} MB | {run['tree_peak_rss_mb']:,.0f} MB "
                 f"| {_mb(run.get('spilled_bytes'))} | {_mb(run.get('intermediate_bytes'))} "
@@ -597,8 +609,11 @@ def _segments_details(at_n: dict) -> list[str]:
         if system == "backtrans":
             spent = f"the pass {_f(output.get('pass_s'))} s of {run['wall_s']:.1f} s"
         else:
-            spent = "stages " + ", ".join(f"{k} {v:.1f} s" for k, v in (output.get("stage_s") or {}).items())
-        roles = ", ".join(f"{role} {cpu:.1f}" for role, cpu in list(run["cpu_by_role"].items())[:6])
+            stages = output.get("stage_s") or {}
+            order = ("signatures", "buckets", "clusters", "filter")  # results.json sorts keys: the run's order
+            spent = "stages " + ", ".join(f"{k} {stages[k]:.1f} s" for k in order if k in stages)
+        by_cpu = sorted(run["cpu_by_role"].items(), key=lambda kv: -kv[1])
+        roles = ", ".join(f"{role} {cpu:.1f}" for role, cpu in by_cpu[:6])
         lines.append(f"- {system}: {spent}; CPU-s by process: {roles}")
     return lines
 
@@ -693,6 +708,7 @@ def plot_segments(results: dict, path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("documents N")
         ax.legend(fontsize=8)
+    speed.set_ylim(bottom=0)
     speed.set_ylabel("docs/s per core (whole process)")
     speed.set_title("segment dedup throughput")
     memory.set_ylabel("peak RSS (VmHWM), MB")
