@@ -5,11 +5,16 @@
     python -m bench --regime saturation --n 2000
     python -m bench --regime peers --peer-n 1000
     python -m bench --regime api --api-n 20000    # log-normal latencies (median 4 s, p99 ~15 s), C = 1,024 and 4,096
+    python -m bench --regime segments --segments-n 20000 --budget-s 3600   # segment dedup vs datatrove
     python -m bench --report-only            # rebuild BENCHMARKS.md and the plot from bench/results.json
 
 Each run is a fresh process with its own local Ray session, talking to a fresh simulator subprocess
 (`keep_log=False`) with a fixed latency. Figures are merged into bench/results.json (a run replaces
 the earlier run with the same key), then BENCHMARKS.md and bench/throughput.png are written from it.
+The `segments` regime (bench/segments.py) runs no simulator: backtrans's segment pass and datatrove's
+MinHash pipeline on one labelled corpus per N (its figures under results.json's `segments`, its plot
+bench/segments.png). Its default N (20,000, 200,000, 2,000,000) take hours on 2 cores: give it the
+--budget-s it needs.
 """
 
 from __future__ import annotations
@@ -22,11 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import report
+from bench import report, segments
 from bench.runs import REPO, run_backtrans, run_distilabel, run_raydata_llm
 from bench.workload import write_rows
 
-REGIMES = ("saturation", "overhead", "peers", "client", "profile", "api")
+REGIMES = ("saturation", "overhead", "peers", "client", "profile", "api", "segments")
 # The api regime: a real API's latencies, log-normal with a 4 s median and sigma 0.57 (p99 ~15 s).
 API_LATENCY_MS = 4000.0
 API_SIGMA = 0.57
@@ -50,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--api-concurrency", type=int, action="append", help="api C per stage (repeatable; default 1024 4096)"
     )
+    parser.add_argument(
+        "--segments-n", type=int, action="append", help="segments N (repeatable; default 20000 200000 2000000)"
+    )
     parser.add_argument("--actors", type=int, default=None, help="stage actors (default: the config's default)")
     parser.add_argument("--budget-s", type=float, default=900.0, help="wall-clock budget for all runs")
     parser.add_argument(
@@ -66,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
 def _load(path: Path) -> dict:
     if path.exists():
         return json.loads(path.read_text())
-    return {"runs": {}, "client": {}, "profiles": {}, "environment": {}}
+    return {"runs": {}, "segments": {}, "client": {}, "profiles": {}, "environment": {}}
 
 
 def _save(path: Path, results: dict) -> None:
@@ -102,7 +110,11 @@ def _plan(args) -> list[tuple]:
         for c in args.api_concurrency or [1_024, 4_096]:
             extra = {"concurrency": c, "sigma": API_SIGMA}
             plan += [(f"api/backtrans-c{c}/{n}", "api", "backtrans", n, API_LATENCY_MS, extra) for n in sorted(api_n)]
-    plan.sort(key=lambda item: item[3] >= 100_000)  # the long saturation run goes last
+    if "segments" in regimes:
+        segments_n = args.segments_n or list(segments.QUICK_N if args.quick else segments.DEFAULT_N)
+        for n in sorted(segments_n):  # both systems on one corpus, one after the other
+            plan += [(f"segments/{system}/{n}", "segments", system, n, None, {}) for system in segments.SYSTEMS]
+    plan.sort(key=lambda item: item[3] >= 100_000)  # the long runs go last
     if "profile" in regimes:
         plan.append(("profile/backtrans", "profile", "backtrans", min(overhead_n, 5_000), over_l, {}))
     return plan
@@ -114,6 +126,14 @@ def _run_one(item, args, workdir: Path, deadline: float, results: dict) -> dict 
     if remaining < 120:
         print(f"skip {key}: only {remaining:.0f} s of --budget-s left (raise --budget-s to run it)", flush=True)
         return None
+    if regime == "segments":
+        corpus = segments.corpus_for(workdir, n)
+        print(f"run  {key} (budget left {deadline - time.monotonic():.0f} s)", flush=True)
+        figures = segments.run(system, corpus, workdir / key.replace("/", "-"), timeout_s=deadline - time.monotonic())
+        figures["invocation"] = results["environment"]["date"]  # the ratio is only taken within one invocation
+        figures["key"] = key
+        figures["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        return figures
     rows = write_rows(workdir / f"rows-{n}.jsonl", n)
     run_dir = workdir / key.replace("/", "-")
     c = extra.get("concurrency", args.concurrency)
@@ -198,11 +218,13 @@ def main(argv: list[str] | None = None) -> int:
             for item in _plan(args):
                 figures = _run_one(item, args, workdir, deadline, results)
                 if figures is not None:
+                    # the segments regime's figures have their own shape: their own table
+                    runs = results.setdefault("segments", {}) if figures["regime"] == "segments" else results["runs"]
                     key = figures["key"]
-                    earlier = results["runs"].get(key)
+                    earlier = runs.get(key)
                     if "ended" in figures and earlier is not None and "ended" not in earlier:
                         key = figures["key"] = key + "/partial"  # keep the complete run under the key
-                    results["runs"][key] = figures
+                    runs[key] = figures
                     print(report.one_line(figures), flush=True)
                 _save(args.results, results)
         results["environment"]["bench_wall_s"] = round(time.monotonic() - started, 1)
@@ -218,8 +240,12 @@ def main(argv: list[str] | None = None) -> int:
         _save(args.results, results)
     print()
     print(report.table(results))
+    if results.get("segments"):
+        print()
+        print("\n".join(report.segments_section(results)))
     report.write(results, args.report, args.plot)
-    print(f"\nwrote {args.report} and {args.plot}")
+    plots = [args.plot] + ([args.plot.with_name("segments.png")] if results.get("segments") else [])
+    print(f"\nwrote {args.report} and {', '.join(map(str, plots))}")
     return 0
 
 

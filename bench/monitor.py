@@ -6,10 +6,11 @@ session it starts (GCS, raylet, dashboard, log monitor) and every Ray worker and
 simulator is started by the benchmark itself, outside that tree, so it is never counted.
 
 A sampler thread reads, every `interval` seconds, each live process's CPU time (user + system) and
-RSS, and the simulator's in-flight gauge per request kind. A process that exits keeps the CPU it
-had at its last sample (the error is at most one interval of its CPU, and processes only exit at
-shutdown). Peak RSS is the kernel's high-water mark (VmHWM) of each process, so it is exact up to the
-last sample.
+RSS, and the simulator's in-flight gauge per request kind (a run with no simulator, such as the
+`segments` regime's, is only sampled). A process that exits keeps the CPU it had at its last sample
+(the error is at most one interval of its CPU, and processes exit at shutdown, or for datatrove at
+the end of each stage's worker pool). Peak RSS is the kernel's high-water mark (VmHWM) of each
+process, so it is exact up to the last sample.
 """
 
 from __future__ import annotations
@@ -164,8 +165,10 @@ class RunMonitor:
             if requests != last_requests:
                 self.last_request_t = now
                 last_requests = requests
-            if self.first_request_t is None and len(self.samples) % 10:
-                # before the first request: poll the simulator often, the process tree rarely
+            # Before the first request: poll the simulator often (to time start-up), the tree rarely.
+            # A run without a simulator has no start-up mark to catch: it samples every `interval`.
+            starting = self.simulator is not None and self.first_request_t is None
+            if starting and len(self.samples) % 10:
                 time.sleep(STARTUP_POLL_S)
                 self.samples.append(Sample(now, self.cpu_total(), in_flight, requests, 0))
                 continue
@@ -173,7 +176,7 @@ class RunMonitor:
             self.samples.append(
                 Sample(now, self.cpu_total(), in_flight, requests, rss_total, self.driver_rss, self.driver_parts)
             )
-            self._stop.wait(self.interval if self.first_request_t is not None else STARTUP_POLL_S)
+            self._stop.wait(STARTUP_POLL_S if starting else self.interval)
 
     # -- results
     def cpu_total(self) -> float:

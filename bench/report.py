@@ -18,6 +18,12 @@ TARGETS = {
     "memory_growth": 0.20,  # driver peak at N=100,000 over N=2,000
     "startup_s": 10.0,
 }
+# The segments regime's dedup quality (bench/corpus.py's `quality`), for both systems.
+SEGMENT_TARGETS = {
+    "exact_recall": 1.0,
+    "near_recall": 0.95,  # at planted Jaccard >= 0.8
+    "false_positive_rate": 0.005,
+}
 
 
 def _run(argv: list[str]) -> str:
@@ -45,6 +51,7 @@ def environment() -> dict:
         "ray": _version("ray"),
         "openai": _version("openai"),
         "distilabel": _version("distilabel"),
+        "datatrove": _version("datatrove"),
         "git": _run(["git", "rev-parse", "--short", "HEAD"])
         + (" (with uncommitted changes)" if _run(["git", "status", "--porcelain", "backtrans"]) else ""),
         "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
@@ -67,6 +74,8 @@ def _label(run: dict) -> str:
 
 
 def one_line(run: dict) -> str:
+    if run["regime"] == "segments":
+        return _segments_line(run)
     gen, score = run["in_flight"]["generate"], run["in_flight"]["score"]
     status = run.get("ended") or ("complete" if run.get("complete") else "INCOMPLETE output")
     return (
@@ -336,7 +345,7 @@ def _profiles(results: dict) -> list[str]:
     return lines
 
 
-def markdown(results: dict, plot_name: str) -> str:
+def markdown(results: dict, plot_name: str, segments_plot_name: str = "bench/segments.png") -> str:
     env = results.get("environment", {})
     out = [
         "# Benchmarks",
@@ -348,7 +357,8 @@ def markdown(results: dict, plot_name: str) -> str:
         "",
         f"- date of the last invocation: {env.get('date', '?')}; its wall time {env.get('bench_wall_s', '?')} s",
         f"- nproc: {env.get('nproc', '?')}; python {env.get('python', '?')}, ray {env.get('ray', '?')}, "
-        f"openai {env.get('openai', '?')}, distilabel {env.get('distilabel', '?')}; project at {env.get('git', '?')}",
+        f"openai {env.get('openai', '?')}, distilabel {env.get('distilabel', '?')}, "
+        f"datatrove {env.get('datatrove', '?')}; project at {env.get('git', '?')}",
         f"- load average when the bench started: {env.get('load_avg_at_start', '?')} (the machine is shared; see "
         "'other work' per run below)",
         "",
@@ -367,12 +377,13 @@ def markdown(results: dict, plot_name: str) -> str:
         "## How to reproduce",
         "",
         "```bash",
-        'pip install -e ".[bench]"                # psutil, matplotlib, distilabel (peer); py-spy for --profile',
+        'pip install -e ".[bench]"                # psutil, py-spy, distilabel and datatrove (peers)',
         "python -m bench                          # all regimes, about 15 minutes on 2 cores",
         "python -m bench --quick                  # small N everywhere",
         "python -m bench --regime saturation --n 2000",
         "python -m bench --regime peers --peer distilabel --peer-n 1000",
         "python -m bench --regime overhead --profile   # adds py-spy profiles of the driver and stage actors",
+        "python -m bench --regime segments --segments-n 20000   # segment dedup beside datatrove (see its section)",
         "python -m bench --report-only            # rebuild this file and the plot from bench/results.json",
         "```",
         "",
@@ -422,6 +433,7 @@ def markdown(results: dict, plot_name: str) -> str:
     if profiles:
         out += ["", "## py-spy profiles of one overhead run (`--profile`)", ""]
         out += profiles
+    out += ["", *segments_section(results, segments_plot_name)]
     if ANALYSIS.exists():
         out += ["", ANALYSIS.read_text().strip(), ""]
     return "\n".join(out) + "\n"
@@ -458,6 +470,151 @@ def _api(results: dict) -> list[str]:
             f"| {1000 * stage_cpu / max(run['requests'], 1):.1f} "
             f"| {host['load_avg_1m_before']} / {host['load_avg_1m_after']} | {host['other_cpu_s']} | {status} |"
         )
+    return lines
+
+
+# --------------------------------------------------------------------------- the segments regime
+
+_NEAR = ("near_0.9", "near_0.8")  # the planted levels at or over the 0.8 threshold: SEGMENT_TARGETS' near recall
+
+
+def _mb(n_bytes) -> str:
+    return "-" if n_bytes is None else f"{n_bytes / 1024 / 1024:,.0f} MB"
+
+
+def _segments_line(run: dict) -> str:
+    status = run.get("ended") or ("complete" if run.get("complete") else "INCOMPLETE")
+    q = run.get("quality") or {}
+    recall = q.get("recall") or {}
+    return (
+        f"     {run['key']}: {run['docs_per_s']:,.0f} docs/s ({run['docs_per_s_per_core']:,.0f} per core), "
+        f"driver {run['driver_peak_rss_mb']:.0f} MB, largest worker {run['largest_worker_peak_rss_mb']:.0f} MB, "
+        f"spilled {_mb(run.get('spilled_bytes'))}; recall exact {_f(recall.get('exact'), '{:.3f}')}, "
+        + ", ".join(f"{k} {_f(recall.get(k), '{:.3f}')}" for k in (*_NEAR, "near_0.6"))
+        + f", false positives {_f(q.get('false_positive_rate'), '{:.2%}')}; {status}"
+    )
+
+
+def _per_cpu_s(run: dict) -> float:
+    """Documents per CPU-second of the run's process tree."""
+    return run["n"] / run["cpu_s"]
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def _segment_targets(run: dict) -> list[tuple[str, str]]:
+    """(measured, met?) per SEGMENT_TARGETS row, in `segments_section`'s order."""
+    q = run["quality"]
+    exact = q["recall"]["exact"]
+    rows = [(f"{exact:.4f} ({q['lost']['exact']} groups lost)", _met(exact >= SEGMENT_TARGETS["exact_recall"]))]
+    for level in _NEAR:
+        recall = q["recall"][level]
+        rows.append((f"{recall:.4f}", _met(recall >= SEGMENT_TARGETS["near_recall"])))
+    fp = q["false_positive_rate"]
+    fp_met = _met(fp <= SEGMENT_TARGETS["false_positive_rate"])
+    rows.append((f"{fp:.3%} ({q['distinct_removed']:,} of {q['distinct']:,})", fp_met))
+    rows.append((f"{q['recall']['near_0.6']:.4f}", ""))
+    return rows
+
+
+def segments_section(results: dict, plot_name: str = "bench/segments.png") -> list[str]:
+    """BENCHMARKS.md's section on the segments regime: per N, both systems' throughput, memory, spill
+    and dedup quality against SEGMENT_TARGETS."""
+    runs = results.get("segments") or {}
+    out = ["## Segments regime: the web segment pass beside datatrove's MinHash pipeline", ""]
+    if not runs:
+        return out + ["- no segments runs in bench/results.json (`python -m bench --regime segments`)"]
+    out += [
+        "`python -m bench --regime segments`. One labelled synthetic corpus per N (`bench/corpus.py`: 600-3,000",
+        "characters of prose from a 65,536-word vocabulary; 10% exact copies in groups of 2-4; 3% each near",
+        "copies at word-5-gram Jaccard 0.9, 0.8 and 0.6 to their original, measured within +-0.02; the rest",
+        "distinct), in one JSONL file per 100,000 documents (two at least). Every document passes backtrans's",
+        "per-row rules, so only dedup removes anything. Then, each as a fresh process:",
+        "",
+        "- **backtrans**: the web job's segment pass alone (`write_segments` with the default `segments:`:",
+        "  rules, exact dedup, MinHash LSH near dedup at 0.8, the kept segments written as Parquet), on a local",
+        "  Ray of 2 CPUs;",
+        "- **datatrove**: its 4-stage MinHash pipeline (`MinhashConfig`: word 5-grams, 14 buckets x 8 hashes;",
+        "  `LocalPipelineExecutor`, 2 workers), a `JsonlReader` of the same files and a 600-3,000 character",
+        "  filter before the signatures; the kept documents written as JSONL, uncompressed.",
+        "",
+        "**docs/s** is N over the whole process (start-up included); **per core** divides by the Ray CPUs or",
+        "datatrove's workers; **per CPU-s** divides N by the CPU-seconds of the run's whole process tree,",
+        "which other work on this shared machine distorts far less than the wall time (see **load** and",
+        "**other CPU s**: CPU-seconds the machine spent outside the run while it ran). The **ratios** are",
+        "backtrans's over datatrove's, only for runs of the same invocation. **Driver** is the peak RSS",
+        "(VmHWM) of the run's own process (for backtrans the Ray driver, not the raylet, whose RSS holds the",
+        "object store's shared memory); **largest worker** the largest of any other process that is no Ray",
+        "daemon; **summed** the peak of the RSS summed over the process tree (shared pages count in each",
+        "process that maps them). **Spilled**: bytes Ray's object store wrote to disk in the session (raylet",
+        "store stats); datatrove has no object store and writes its signatures and buckets to disk by design",
+        "(**intermediates**). Quality comes from the kept ids, the same function for both: **recall** is the",
+        "share of the planted copies removed (of each group, all but one member should go), **false",
+        "positives** the share of distinct documents removed.",
+        "",
+        f"![docs/s per core and peak memory against N, both systems]({plot_name})",
+    ]
+    names = ("exact-duplicate recall = 1.0", "near-duplicate recall >= 0.95 at Jaccard 0.9",
+             "near-duplicate recall >= 0.95 at Jaccard 0.8", "false positives <= 0.5% of distinct documents",
+             "(no target) near copies removed at Jaccard 0.6, under the 0.8 threshold")  # fmt: skip
+    for n in sorted({run["n"] for run in runs.values()}):
+        at_n = {run["system"]: run for run in runs.values() if run["n"] == n and "/partial" not in run["key"]}
+        ours, theirs = at_n.get("backtrans"), at_n.get("datatrove")
+        same = ours and theirs and ours.get("invocation") == theirs.get("invocation") and "ended" not in theirs
+        out += [
+            "",
+            f"### N = {n:,}",
+            "",
+            "| system | docs/s | docs/s per core | docs per CPU-s | backtrans / datatrove (per core, per CPU-s) "
+            "| wall s | CPU s | driver peak | largest worker peak | summed peak | spilled | intermediates "
+            "| load before / after, other CPU s | status | finished |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for system in ("backtrans", "datatrove"):
+            run = at_n.get(system)
+            if run is None:
+                continue
+            ratio = ""
+            if same and system == "backtrans":
+                per_core = ours["docs_per_s_per_core"] / theirs["docs_per_s_per_core"]
+                ratio = f"{per_core:.2f}x, {_per_cpu_s(ours) / _per_cpu_s(theirs):.2f}x"
+            status = run.get("ended") or ("ok" if run.get("complete") else "incomplete")
+            host = run["host"]
+            out.append(
+                f"| {system} | {run['docs_per_s']:,.0f} | {run['docs_per_s_per_core']:,.0f} "
+                f"| {_per_cpu_s(run):,.0f} | {ratio} "
+                f"| {run['wall_s']:.1f} | {run['cpu_s']:.1f} | {run['driver_peak_rss_mb']:,.0f} MB "
+                f"| {run['largest_worker_peak_rss_mb']:,.0f} MB | {run['tree_peak_rss_mb']:,.0f} MB "
+                f"| {_mb(run.get('spilled_bytes'))} | {_mb(run.get('intermediate_bytes'))} "
+                f"| {host['load_avg_1m_before']} / {host['load_avg_1m_after']}, {host['other_cpu_s']} "
+                f"| {status} | {run.get('finished_at', '?')[:16]} |"
+            )
+        scored = {system: _segment_targets(run) for system, run in at_n.items() if run.get("quality")}
+        if scored:
+            out += ["", "| quality target | " + " | ".join(scored) + " |", "|---|" + "---|" * len(scored)]
+            for i, name in enumerate(names):
+                cells = " | ".join(f"{rows[i][0]} {rows[i][1]}".strip() for rows in scored.values())
+                out.append(f"| {name} | {cells} |")
+        out += ["", *_segments_details(at_n)]
+    return out
+
+
+def _segments_details(at_n: dict) -> list[str]:
+    """Where each system's time went: the pass or stages, and CPU-seconds by process."""
+    lines = []
+    for system, run in at_n.items():
+        output = run.get("output") or {}
+        if system == "backtrans":
+            spent = f"the pass {_f(output.get('pass_s'))} s of {run['wall_s']:.1f} s"
+        else:
+            stages = output.get("stage_s") or {}
+            order = ("signatures", "buckets", "clusters", "filter")  # results.json sorts keys: the run's order
+            spent = "stages " + ", ".join(f"{k} {stages[k]:.1f} s" for k in order if k in stages)
+        by_cpu = sorted(run["cpu_by_role"].items(), key=lambda kv: -kv[1])
+        roles = ", ".join(f"{role} {cpu:.1f}" for role, cpu in by_cpu[:6])
+        lines.append(f"- {system}: {spent}; CPU-s by process: {roles}")
     return lines
 
 
@@ -529,7 +686,45 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_segments(results: dict, path: Path) -> None:
+    """docs/s per core and peak memory (driver, largest worker) against N, for both systems."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in (results.get("segments") or {}).values() if "ended" not in r and "/partial" not in r["key"]]
+    fig, (speed, memory) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for system, color in (("backtrans", "C0"), ("datatrove", "C1")):
+        mine = sorted((r for r in runs if r["system"] == system), key=lambda r: r["n"])
+        if not mine:
+            continue
+        ns = [r["n"] for r in mine]
+        speed.plot(ns, [r["docs_per_s_per_core"] for r in mine], "o-", color=color, label=system)
+        memory.plot(ns, [r["driver_peak_rss_mb"] for r in mine], "o-", color=color, label=f"{system}: driver")
+        memory.plot(ns, [r["largest_worker_peak_rss_mb"] for r in mine], "s--", color=color,
+                    label=f"{system}: largest worker")  # fmt: skip
+    for ax in (speed, memory):
+        ax.set_xscale("log")
+        ax.set_xlabel("documents N")
+        ax.legend(fontsize=8)
+    speed.set_ylim(bottom=0)
+    speed.set_ylabel("docs/s per core (whole process)")
+    speed.set_title("segment dedup throughput")
+    memory.set_ylabel("peak RSS (VmHWM), MB")
+    memory.set_ylim(bottom=0)
+    memory.set_title("peak memory")
+    fig.suptitle(f"segments regime, {results.get('environment', {}).get('date', time.ctime())}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write(results: dict, md_path: Path, png_path: Path) -> None:
+    """BENCHMARKS.md, bench/throughput.png and, with segments runs, bench/segments.png beside it."""
     plot(results, png_path)
+    segments_png = png_path.with_name("segments.png")
+    if results.get("segments"):
+        plot_segments(results, segments_png)
     rel = os.path.relpath(png_path, md_path.parent)
-    md_path.write_text(markdown(results, rel))
+    md_path.write_text(markdown(results, rel, os.path.relpath(segments_png, md_path.parent)))

@@ -130,6 +130,49 @@ def measured_run(
     return figures
 
 
+def measured_process(argv: list[str], workdir: Path, *, timeout_s: float) -> dict:
+    """Run `argv` with no simulator under the process-tree monitor; return what it spent: wall time
+    (process start to exit), CPU by process, peak memory (`memory_peaks`), the host's load, and the
+    last JSON line it printed (`output`). Ended by its pids past `timeout_s`, with `ended` saying so."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / "run.log"
+    with log_path.open("w") as log, (workdir / "stdout.txt").open("w") as out:
+        host0 = psutil.cpu_times()
+        load0 = os.getloadavg()[0]
+        t0 = time.monotonic()
+        proc = subprocess.Popen(argv, stdout=out, stderr=log, env=_env(), cwd=REPO)
+        monitor = RunMonitor(proc.pid, t0).start()
+        try:
+            ended = _wait(proc, monitor, t0, timeout_s, stall_s=None)
+        finally:
+            wall = time.monotonic() - t0
+            monitor.stop()
+            _end_leftovers(monitor)
+            host1 = psutil.cpu_times()
+    if ended is None and proc.returncode != 0:
+        ended = f"exit code {proc.returncode}"
+    cpu = monitor.cpu_total()
+    busy = _busy(host1) - _busy(host0)
+    figures = {
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "cpu_by_role": {k: round(v, 2) for k, v in monitor.cpu_by_role().items() if v >= 0.05},
+        **memory_peaks(monitor),
+        "processes": len(monitor.procs),
+        "host": {
+            "load_avg_1m_before": round(load0, 2),
+            "load_avg_1m_after": round(os.getloadavg()[0], 2),
+            "busy_cpu_s": round(busy, 1),
+            "other_cpu_s": round(max(0.0, busy - cpu), 1),  # CPU the run did not spend: other work
+        },
+        "output": _last_json_line((workdir / "stdout.txt").read_text(errors="replace")),
+    }
+    if ended is not None:
+        figures["ended"] = ended
+        figures["log_tail"] = _tail(log_path, 8)
+    return figures
+
+
 LOG_STAMP = re.compile(r"^\[?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")
 PHASE_MARKS = (  # (phase name, text of the Ray log line that ends it), first occurrence
     ("ray_init", "Started a local Ray instance"),
@@ -179,8 +222,11 @@ def _busy(times) -> float:
     return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
-def _wait(proc: subprocess.Popen, monitor: RunMonitor, t0: float, timeout_s: float, stall_s: float) -> str | None:
-    """Wait for the run's process; None when it exits by itself, else why it was ended."""
+def _wait(
+    proc: subprocess.Popen, monitor: RunMonitor, t0: float, timeout_s: float, stall_s: float | None
+) -> str | None:
+    """Wait for the run's process; None when it exits by itself, else why it was ended. `stall_s`:
+    end it when no request reached the simulator for that long (None: a run without a simulator)."""
     while True:
         try:
             proc.wait(timeout=1.0)
@@ -191,7 +237,7 @@ def _wait(proc: subprocess.Popen, monitor: RunMonitor, t0: float, timeout_s: flo
         reason = None
         if now > timeout_s:
             reason = f"timed out after {timeout_s:.0f} s"
-        else:
+        elif stall_s is not None:
             last = monitor.last_request_t if monitor.last_request_t is not None else 0.0
             idle = now - last
             if idle > stall_s:
@@ -245,10 +291,6 @@ def _figures(system, n, latency_ms, concurrency, wall, monitor: RunMonitor, stat
             "steady_at_cap": steady[2],
             "requests": stats["by_kind"][kind],
         }
-    peaks = monitor.peak_rss_by_role()
-    system_roles = {"driver", "gcs_server", "raylet", "dashboard", "log_monitor", "runtime_env", "monitor"}
-    workers = {role: rss for role, rss in peaks.items() if role not in system_roles}
-    largest = max(workers.items(), key=lambda kv: kv[1]) if workers else ("", 0)
     result = _last_json_line(stdout)
     return {
         "system": system,
@@ -272,13 +314,29 @@ def _figures(system, n, latency_ms, concurrency, wall, monitor: RunMonitor, stat
         "cpu_window_s": round(cpu_window, 2) if cpu_window is not None else None,
         "cpu_window_ms_per_request": round(1000 * cpu_window / requests, 3) if cpu_window and requests else None,
         "cpu_by_role": {k: round(v, 2) for k, v in monitor.cpu_by_role().items() if v >= 0.05},
+        **memory_peaks(monitor),
+        "processes": len(monitor.procs),
+        "output": result,
+        "timeline": _timeline(monitor),
+    }
+
+
+SYSTEM_ROLES = frozenset({"driver", "gcs_server", "raylet", "dashboard", "log_monitor", "runtime_env", "monitor"})
+
+
+def memory_peaks(monitor: RunMonitor) -> dict:
+    """Peak RSS (VmHWM) of the driver (the run's own process: for Ray, not the raylet, whose RSS holds
+    the object store's shared memory), of the largest other process that is no Ray daemon (a Ray
+    worker or actor; a datatrove worker), and the peak over the run of the tree's summed RSS (shared
+    pages count in every process that maps them)."""
+    peaks = monitor.peak_rss_by_role()
+    workers = {role: rss for role, rss in peaks.items() if role not in SYSTEM_ROLES}
+    largest = max(workers.items(), key=lambda kv: kv[1]) if workers else ("", 0)
+    return {
         "driver_peak_rss_mb": round(peaks.get("driver", 0) / MB, 1),
         "largest_worker_peak_rss_mb": round(largest[1] / MB, 1),
         "largest_worker": largest[0],
         "tree_peak_rss_mb": round(max((s.rss_total for s in monitor.samples), default=0) / MB, 1),
-        "processes": len(monitor.procs),
-        "output": result,
-        "timeline": _timeline(monitor),
     }
 
 
