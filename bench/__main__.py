@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--segments-n", type=int, action="append", help="segments N (repeatable; default 20000 200000 2000000)"
     )
+    parser.add_argument(
+        "--segments-system", action="append", choices=segments.SYSTEMS, help="only these systems (repeatable)"
+    )
     parser.add_argument("--actors", type=int, default=None, help="stage actors (default: the config's default)")
     parser.add_argument("--budget-s", type=float, default=900.0, help="wall-clock budget for all runs")
     parser.add_argument(
@@ -113,7 +116,8 @@ def _plan(args) -> list[tuple]:
     if "segments" in regimes:
         segments_n = args.segments_n or list(segments.QUICK_N if args.quick else segments.DEFAULT_N)
         for n in sorted(segments_n):  # both systems on one corpus, one after the other
-            plan += [(f"segments/{system}/{n}", "segments", system, n, None, {}) for system in segments.SYSTEMS]
+            systems = args.segments_system or segments.SYSTEMS
+            plan += [(f"segments/{system}/{n}", "segments", system, n, None, {}) for system in systems]
     plan.sort(key=lambda item: item[3] >= 100_000)  # the long runs go last
     if "profile" in regimes:
         plan.append(("profile/backtrans", "profile", "backtrans", min(overhead_n, 5_000), over_l, {}))

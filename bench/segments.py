@@ -52,12 +52,19 @@ def job_config(corpus: Path, output: Path) -> dict:
 
 
 def _backtrans_kept(output: Path) -> list[str]:
+    """The ids of the rows the LLM stages would read: passed every rule and lost no bucket."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from backtrans.output import OutputFolder
+    from backtrans.segments.dedup import CODE_COLUMN
 
     folder = OutputFolder.at(str(output))
-    return pq.read_table(folder.segment_rows, columns=["id"], filesystem=folder.filesystem)["id"].to_pylist()
+    rows = pq.read_table(folder.segment_rows, columns=["id", "row_hash", CODE_COLUMN], filesystem=folder.filesystem)
+    duplicates = pq.read_table(folder.segment_duplicates, columns=["row_hash"], filesystem=folder.filesystem)
+    lost = pc.is_in(rows["row_hash"], value_set=duplicates["row_hash"].combine_chunks())
+    kept = pc.and_(pc.equal(rows[CODE_COLUMN], 0), pc.invert(lost))
+    return rows.filter(kept)["id"].to_pylist()
 
 
 def _datatrove_kept(output: Path) -> list[str]:

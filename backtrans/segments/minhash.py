@@ -14,6 +14,9 @@ from backtrans.segments.rules import words
 SHINGLE_WORDS = 5
 NUM_PERM = 256
 _SEED = 20230811
+# The odds that a pair exactly at `near_dup_threshold` shares a bucket: high enough that pairs a little
+# under it are still caught 95% of the time (the recall target of BENCHMARKS.md's segments regime).
+CAUGHT_AT_THRESHOLD = 0.98
 
 
 def lsh_params(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
@@ -21,14 +24,14 @@ def lsh_params(threshold: float, num_perm: int = NUM_PERM) -> tuple[int, int]:
 
     A pair of Jaccard similarity J shares at least one bucket with probability 1 - (1 - J**r)**b.
     We take the longest band (fewest pairs well under the threshold) for which a pair AT the threshold
-    is still a candidate with probability >= 0.9; pairs above it are then caught almost surely.
-    For 0.8 and 256 values that is 25 bands of 10: P(candidate) = 0.51 at J=0.7, 0.94 at 0.8,
-    0.996 at 0.85 and 1.000 at 0.9 (and 0.14 at 0.6, 0.02 at 0.5).
+    is still a candidate with probability >= CAUGHT_AT_THRESHOLD; pairs above it are then caught almost
+    surely. For 0.8 and 256 values that is 28 bands of 9: P(candidate) = 0.98 at J=0.8, 0.96 at
+    0.78, 0.999 at 0.85, and 0.68 at 0.7, 0.25 at 0.6, 0.05 at 0.5 (BENCHMARKS.md measures it).
     """
     best = (num_perm, 1)
     for rows in range(1, num_perm + 1):
         bands = num_perm // rows
-        if 1 - (1 - threshold**rows) ** bands >= 0.9:
+        if 1 - (1 - threshold**rows) ** bands >= CAUGHT_AT_THRESHOLD:
             best = (bands, rows)
     return best
 
