@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 
 from backtrans.config import JobConfig, PriceConfig
 from backtrans.metrics import RunSnapshot, StageCounts, spend, stage_prices
-from backtrans.segments.filter_pass import filter_counts
 
 PLAIN_INTERVAL_S = 5.0  # a plain line this often (no terminal)
 LIVE_INTERVAL_S = 1.0  # the live line's redraw interval (a terminal)
@@ -209,19 +208,25 @@ class RequestRates:
 
 def rows_total(config: JobConfig, folder, files) -> int | None:
     """Rows the output will hold when the run ends: the filtered segments of a web job, else the
-    source's rows (Parquet footers, or the lines of JSON Lines files on this machine up to
+    source's rows (`source_rows`); None when that is not cheap to know."""
+    if config.segments is None:
+        return source_rows(config.source, files)
+    from backtrans.segments.filter_pass import filter_counts  # here: the pass imports this module
+
+    counts = filter_counts(folder)  # the pass has run when the stages start
+    return counts and counts["kept"]
+
+
+def source_rows(source, files) -> int | None:
+    """The source's rows (Parquet footers, or the lines of JSON Lines files on this machine up to
     JSONL_COUNT_MAX_BYTES) with `source.limit` applied; None when that is not cheap to know."""
-    limit = config.source.limit
     try:
-        if config.segments is not None:
-            counts = filter_counts(folder)  # the pass has run when the stages start
-            return counts and counts["kept"]
         counted = _source_rows(files)
     except Exception:  # the total is a nicety: an unreadable footer leaves it unknown
         counted = None
     if counted is None:
-        return limit
-    return counted if limit is None else min(counted, limit)
+        return source.limit
+    return counted if source.limit is None else min(counted, source.limit)
 
 
 def _source_rows(files) -> int | None:
@@ -248,51 +253,48 @@ def _source_rows(files) -> int | None:
 
 def rows_written_before(folder) -> int:
     """Rows earlier runs committed: the ids in Ray Data's checkpoint, which this run skips."""
+    return committed_rows(folder, folder.checkpoint, {})
+
+
+def committed_rows(folder, checkpoint: str, rows_of: dict[str, int]) -> int:
+    """Rows committed in a Ray Data checkpoint of `folder`. `rows_of` holds each file's rows once read:
+    a committed file never changes, so a poll reads only the new ones."""
     import pyarrow.parquet as pq
 
-    try:
-        committed = folder.committed_checkpoint_files(folder.checkpoint)
-        return sum(pq.ParquetFile(folder.open(path)).metadata.num_rows for path in committed)
-    except Exception:  # the count is a nicety: an unreadable checkpoint shows 0 before this run
-        return 0
+    with contextlib.suppress(Exception):  # a nicety: an unreadable file is counted at the next poll
+        for path in folder.committed_checkpoint_files(checkpoint):
+            if path not in rows_of:
+                rows_of[path] = pq.ParquetFile(folder.open(path)).metadata.num_rows
+    return sum(rows_of.values())
 
 
 # -------------------------------------------------------------------------------------------- the reporter
 
 
 class _Reporter(threading.Thread):
-    def __init__(self, line: ProgressLine, metrics, config: JobConfig, folder, files, stream):
+    """Prints `render(final)` every interval from a daemon thread, and once more when finished:
+    redrawn in place when `stream` is a terminal, a plain line every PLAIN_INTERVAL_S otherwise.
+    `render` returns None when it has nothing to say yet; `prepare` runs first, on the thread."""
+
+    def __init__(self, render, stream, prepare=None):
         super().__init__(name="backtrans-progress", daemon=True)
-        self.line, self.metrics, self.stream = line, metrics, stream
-        self._count = (config, folder, files)
+        self.render, self.prepare, self.stream = render, prepare, stream
         self.live = _isatty(stream)
         self.interval = LIVE_INTERVAL_S if self.live else PLAIN_INTERVAL_S
-        self.started = time.monotonic()
-        self.rates = RequestRates(self.started)
         self.done = threading.Event()
-        self.last: RunSnapshot | None = None
         self._drawn = False
 
     def run(self) -> None:
-        with contextlib.suppress(Exception):
-            self.line.rows_total = rows_total(*self._count)
+        if self.prepare is not None:
+            with contextlib.suppress(Exception):
+                self.prepare()
         while not self.done.wait(self.interval):
             self.show()
 
     def show(self) -> None:
-        try:
-            import ray
-
-            snapshot = ray.get(self.metrics.snapshot.remote(), timeout=POLL_TIMEOUT_S)
-        except Exception:  # a slow or finished metrics actor: the next poll tries again
-            snapshot = self.last
-            if snapshot is None:
-                return
-        self.last = snapshot
-        if self.done.is_set():  # the stages' execution returned: their actors are gone, nothing is in flight
-            snapshot = dataclasses.replace(snapshot, in_flight={})
-        now = time.monotonic()
-        text = self.line.render(snapshot, now - self.started, self.rates.add(now, snapshot))
+        text = self.render(self.done.is_set())
+        if text is None:
+            return
         if not self.live:
             print(text, file=self.stream, flush=True)
             return
@@ -308,6 +310,66 @@ class _Reporter(threading.Thread):
         if self._drawn:
             self.stream.write("\n")
             self.stream.flush()
+
+
+@contextlib.contextmanager
+def _reporting(render, prepare=None) -> Iterator[None]:
+    reporter = _Reporter(render, terminal(), prepare)
+    reporter.start()
+    try:
+        yield
+    finally:
+        reporter.finish()
+
+
+class _StagesLine:
+    """The stages' line: polls the run's RunMetrics actor."""
+
+    def __init__(self, line: ProgressLine, metrics):
+        self.line, self.metrics = line, metrics
+        self.started = time.monotonic()
+        self.rates = RequestRates(self.started)
+        self.last: RunSnapshot | None = None
+
+    def __call__(self, final: bool) -> str | None:
+        try:
+            import ray
+
+            snapshot = ray.get(self.metrics.snapshot.remote(), timeout=POLL_TIMEOUT_S)
+        except Exception:  # a slow or finished metrics actor: the next poll tries again
+            snapshot = self.last
+            if snapshot is None:
+                return None
+        self.last = snapshot
+        if final:  # the stages' execution returned: their actors are gone, nothing is in flight
+            snapshot = dataclasses.replace(snapshot, in_flight={})
+        now = time.monotonic()
+        return self.line.render(snapshot, now - self.started, self.rates.add(now, snapshot))
+
+
+class _SegmentRulesLine:
+    """The segment pass's rules phase: documents committed to its checkpoint, of the source's."""
+
+    def __init__(self, source, folder, files, checkpoint: str):
+        self.source, self.folder, self.files, self.checkpoint = source, folder, files, checkpoint
+        self.rows_of: dict[str, int] = {}  # committed checkpoint files never change: each is read once
+        self.started = time.monotonic()
+        self.before = self.committed()
+        self.total: int | None = None
+
+    def count_source(self) -> None:
+        self.total = source_rows(self.source, self.files)
+
+    def committed(self) -> int:
+        return committed_rows(self.folder, self.checkpoint, self.rows_of)
+
+    def __call__(self, final: bool) -> str:
+        done = self.committed()
+        this_run, elapsed = done - self.before, time.monotonic() - self.started
+        head = f"{done:,}/{self.total:,} documents" if self.total else f"{done:,}/? documents"
+        if self.total and this_run > 0 and done < self.total:
+            head += f" ({100 * done // self.total}%), ETA {format_duration((self.total - done) * elapsed / this_run)}"
+        return f"backtrans: segments: rules on {head}, {this_run / max(elapsed, 1e-9):,.0f}/s"
 
 
 def _columns(stream) -> int:
@@ -332,9 +394,16 @@ def show_progress(config: JobConfig, metrics, folder, files) -> Iterator[Progres
     line = ProgressLine(
         tuple(config.llm_stages()), rows_before=rows_written_before(folder), prices=stage_prices(config)
     )
-    reporter = _Reporter(line, metrics, config, folder, files, terminal())
-    reporter.start()
-    try:
+
+    def count_rows() -> None:
+        line.rows_total = rows_total(config, folder, files)
+
+    with _reporting(_StagesLine(line, metrics), count_rows):
         yield line
-    finally:
-        reporter.finish()
+
+
+def show_segment_progress(source, folder, files, checkpoint: str):
+    """Print progress while the body runs the segment pass's rules phase on `source` (`files`),
+    checkpointed at `checkpoint` in `folder`."""
+    line = _SegmentRulesLine(source, folder, files, checkpoint)
+    return _reporting(line, line.count_source)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -16,8 +17,10 @@ from ray.cluster_utils import Cluster
 
 from backtrans.config import StageConfig
 from backtrans.job import JobError, run_job
+from backtrans.segments import filter_pass
 from backtrans.simulator import Simulator, SimulatorConfig
 from tests.helpers import S3_BUCKET, read_output, score_only_config, write_pairs_jsonl, write_score_job
+from tests.segments.data import SAMPLE, pass_config, rules_logging_their_first, segment_pass
 
 pytestmark = pytest.mark.integration
 
@@ -166,3 +169,15 @@ def test_losing_a_worker_node_half_way_exits_cleanly_with_every_row_once(cluster
     assert counted + cached >= ROWS and counted <= sent
     print(f"lost a node with a stage actor: {bool(with_actor)}; requests re-sent after the node loss: "
           f"{sent - ROWS}; counted in the summary: {counted}")  # fmt: skip
+
+
+def test_the_segment_pass_runs_its_rules_on_every_node(cluster, s3, tmp_path, monkeypatch):
+    source = tmp_path / "corpus.jsonl"
+    source.write_text(SAMPLE.read_text(encoding="utf-8") * 10, encoding="utf-8")  # 2,200 documents
+    nodes_log = tmp_path / "nodes"
+    monkeypatch.setattr(filter_pass, "RowRules", rules_logging_their_first(nodes_log, node=True))
+    counts, _ = segment_pass(pass_config(f"s3://{S3_BUCKET}/{tmp_path.name}/out", source))
+    ran_on = Counter(nodes_log.read_text().split())
+    print(f"rules ran on {len(ran_on)} nodes: {sorted(ran_on.values())} documents")
+    assert sum(ran_on.values()) == counts["rows_in"] == 2_200 and counts["kept"] == 156
+    assert set(ran_on) == {node["NodeID"] for node in ray.nodes() if node["Alive"]}  # all 3

@@ -28,6 +28,7 @@ import ray
 
 from backtrans.config import JobConfig, SegmentsConfig
 from backtrans.output import OutputFolder, checkpoint_config, write_parquet
+from backtrans.progress import say, show_segment_progress
 from backtrans.resources import IO_CPUS, map_blocks
 from backtrans.schema import GENERATION, ROW_HASH
 from backtrans.segments.dedup import (
@@ -95,12 +96,14 @@ def write_segments(config: JobConfig, folder: OutputFolder, metrics_actor: str, 
     try:
         rules_done = json.loads(folder.read_text(folder.segment_rules_done))
     except FileNotFoundError:
-        _write_rule_rows(config, folder, metrics_actor, files)
+        with show_segment_progress(config.source, folder, files, folder.segment_checkpoint):
+            _write_rule_rows(config, folder, metrics_actor, files)
         # Malformed JSONL lines skipped by the read (bad_lines: skip) never reached the rules.
         rules_done = {"skipped_lines": ray.get(ray.get_actor(metrics_actor).snapshot.remote()).skipped_lines}
         folder.write_text(folder.segment_rules_done, json.dumps(rules_done))
     folder.delete_dir(folder.segment_duplicates)  # a dedup that was cut short runs again
     if _dedup(config.segments):
+        say("backtrans: segments: dedup (a shuffle of the rules' keys)")
         write_duplicates(folder, config.segments)
     counts = count_reasons(folder, _dedup(config.segments)) | rules_done
     folder.write_text(folder.segment_counts, json.dumps(counts, indent=2))  # last: it marks the pass as done

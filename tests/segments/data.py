@@ -11,6 +11,7 @@ from backtrans.jsonl_datasource import JsonlDatasource
 from backtrans.metrics import start_metrics
 from backtrans.output import OutputFolder
 from backtrans.segments.filter_pass import read_segments, write_segments
+from backtrans.segments.rules import RowRules
 from backtrans.sources import resolve_files
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,16 +63,30 @@ OTHER = (
 
 
 class LoggedRule:
-    """A rule that appends its name to a file each time it runs (in a module the workers can import:
-    the rules run there)."""
+    """A rule that appends a line to a file each time it runs: its name, or with `node` the id of the
+    Ray node it ran on (in a module the workers can import: the rules run there)."""
 
-    def __init__(self, rule, log: Path):
-        self.rule, self.log = rule, str(log)
+    def __init__(self, rule, log: Path, node: bool = False):
+        self.rule, self.log, self.node = rule, str(log), node
 
     def __call__(self, text):
+        line = ray.get_runtime_context().get_node_id() if self.node else type(self.rule).__name__
         with open(self.log, "a", encoding="utf-8") as f:
-            f.write(type(self.rule).__name__ + "\n")
+            f.write(line + "\n")
         return self.rule(text)
+
+
+def rules_logging_their_first(log: Path, node: bool = False) -> type[RowRules]:
+    """`RowRules` whose `from_config` gives the config's rules with the first one (it sees every row)
+    a LoggedRule: put it in place of `filter_pass.RowRules` to log each row the rules run on."""
+
+    class FirstRuleLogged(RowRules):
+        @classmethod
+        def from_config(cls, config):
+            first, *others = RowRules.from_config(config).rules
+            return RowRules((LoggedRule(first, log, node), *others))
+
+    return FirstRuleLogged
 
 
 def read_sample() -> ray.data.Dataset:

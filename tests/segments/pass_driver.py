@@ -7,20 +7,11 @@ import sys
 import ray
 
 from backtrans.segments import filter_pass
-from backtrans.segments.rules import RowRules
-from tests.segments.data import LoggedRule, pass_config, segment_pass
+from tests.segments.data import pass_config, rules_logging_their_first, segment_pass
 
 
 def main(output: str, source: str, calls: str) -> None:
-    class LoggedFirstRule(RowRules):
-        """The rules of the config, the first of which (it sees every row) logs each row it runs on."""
-
-        @classmethod
-        def from_config(cls, config):
-            first, *others = RowRules.from_config(config).rules
-            return RowRules((LoggedRule(first, calls), *others))
-
-    filter_pass.RowRules = LoggedFirstRule
+    filter_pass.RowRules = rules_logging_their_first(calls)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     counts, _ = segment_pass(pass_config(output, source))
     print(json.dumps(counts))
