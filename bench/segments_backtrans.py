@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     from backtrans.sources import resolve_files
 
     config = load_config(config_path)
-    ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)  # as `backtrans run`
+    # A local Ray of its own (as `backtrans run` starts without RAY_ADDRESS), never a cluster that
+    # something else runs on this machine: the figures are of this pass alone.
+    ray.init(address="local", log_to_driver=False, include_dashboard=False)
     configure_ray_data()
     folder = OutputFolder.at(config.output.path)
     metrics_name = f"bench-segments-metrics-{uuid.uuid4().hex[:8]}"

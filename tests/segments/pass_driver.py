@@ -12,7 +12,7 @@ from tests.segments.data import pass_config, rules_logging_their_first, segment_
 
 def main(output: str, source: str, calls: str) -> None:
     filter_pass.RowRules = rules_logging_their_first(calls)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # its own, killable
     counts, _ = segment_pass(pass_config(output, source))
     print(json.dumps(counts))
 
