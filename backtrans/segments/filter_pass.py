@@ -71,7 +71,9 @@ def rule_rows(batch: pa.Table, rules: RowRules, config: SegmentsConfig) -> pa.Ta
 
 def _write_rule_rows(config: JobConfig, folder: OutputFolder, metrics_actor: str, files: ResolvedFiles) -> None:
     rules = RowRules.from_config(config.segments)
-    documents = read_source(config.source, metrics_actor, files)
+    # Blocks of SOURCE_BLOCK_BYTES (~70 web documents): a commit holds whole blocks, and a kill loses
+    # the blocks in flight; Ray's default blocks (128 MiB, ~70,000 documents) would make both huge.
+    documents = in_small_blocks(read_source(config.source, metrics_actor, files))
     rows = documents.map_batches(
         rule_rows, fn_kwargs={"rules": rules, "config": config.segments}, batch_format="pyarrow", batch_size=None
     )
