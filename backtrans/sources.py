@@ -28,7 +28,7 @@ import ray
 
 from backtrans.config import SourceConfig
 from backtrans.jsonl_datasource import ROW_ID_COLUMN, ROWS_PER_BLOCK, JsonlDatasource, records
-from backtrans.resources import IO_CPUS, map_blocks
+from backtrans.resources import IO_CPUS, map_blocks, read_concurrency
 from backtrans.schema import BacktransError
 
 HF_PREFIX = "hf://"
@@ -149,7 +149,7 @@ def _read(files: ResolvedFiles, source: SourceConfig, metrics_actor: str | None 
     # streaming small blocks: Ray's default adds a `SplitBlocks` step that keeps the rename from
     # fusing into the read, and each task is one more worker process to start on a small machine;
     # the LLM stages, not the read, set the pace.
-    tasks = {"num_cpus": IO_CPUS, "override_num_blocks": len(files.paths)}
+    tasks = {"num_cpus": IO_CPUS, "override_num_blocks": len(files.paths), "concurrency": read_concurrency()}
     if files.file_format == "parquet":
         rows = ray.data.read_parquet(files.paths, filesystem=files.filesystem, include_row_hash=True, **tasks)
     else:

@@ -29,7 +29,7 @@ import ray
 from backtrans.config import JobConfig, SegmentsConfig
 from backtrans.output import OutputFolder, checkpoint_config, write_parquet
 from backtrans.progress import say, show_segment_progress
-from backtrans.resources import IO_CPUS, map_blocks
+from backtrans.resources import IO_CPUS, RULES_CPUS, map_blocks
 from backtrans.schema import GENERATION, ROW_HASH
 from backtrans.segments.dedup import (
     CODE_COLUMN,
@@ -71,11 +71,13 @@ def rule_rows(batch: pa.Table, rules: RowRules, config: SegmentsConfig) -> pa.Ta
 
 def _write_rule_rows(config: JobConfig, folder: OutputFolder, metrics_actor: str, files: ResolvedFiles) -> None:
     rules = RowRules.from_config(config.segments)
-    # Blocks of SOURCE_BLOCK_BYTES (~70 web documents): a commit holds whole blocks, and a kill loses
-    # the blocks in flight; Ray's default blocks (128 MiB, ~70,000 documents) would make both huge.
-    documents = in_small_blocks(read_source(config.source, metrics_actor, files))
+    documents = read_source(config.source, metrics_actor, files)  # blocks of ~64 documents
     rows = documents.map_batches(
-        rule_rows, fn_kwargs={"rules": rules, "config": config.segments}, batch_format="pyarrow", batch_size=None
+        rule_rows,
+        fn_kwargs={"rules": rules, "config": config.segments},
+        batch_format="pyarrow",
+        batch_size=None,
+        num_cpus=RULES_CPUS,
     )
     # Only this plan is checkpointed: it starts with the Read and ends with the Write, as Ray requires.
     rows.context.checkpoint_config = checkpoint_config(folder, folder.segment_checkpoint)
