@@ -26,15 +26,12 @@ DEFAULT_ACTORS = 1
 # What the plan holds besides the stage actors: Ray's checkpoint filter actor (a whole CPU, not
 # configurable) and a read and a write task at a time.
 OTHER_OPERATORS_CPUS = 1 + 2 * IO_CPUS
-# The segment pass's rules task: CPU-bound, a core each, less the tenth a read or a write takes, so
-# that a 1-CPU node runs one beside the write that commits its rows.
+# The segment pass's rules run inside its read tasks (one per file, CPU-bound): a core each, less the
+# tenth a write takes, so that a 1-CPU node runs one beside the write that commits its rows. As
+# separate operators, Ray Data's resource allocator gave the write no CPU at all once the reads,
+# the renames and the rules held their shares of 2 cores: at 2,000,000 documents nothing was
+# committed while the rules' output piled up in the object store.
 RULES_CPUS = 1 - IO_CPUS
-# Read tasks at once per 10 CPUs of the cluster (at least one). A read streams a whole file and holds
-# its IO_CPUS until the file is done, so a source of many files read all at once would hold every CPU
-# of a small cluster and starve the operators after it (a 2,000,000-document corpus in 20 files ran
-# its rules at a crawl). One read keeps up with many cores: parsing JSONL or Parquet is far faster
-# than the segment rules or the LLM stages.
-CPUS_PER_READ = 10
 # Compaction and the curated subsets run after the stages, when no actor holds a CPU: half a CPU
 # runs two tasks per core (a tenth would start up to ten worker processes per core for a few seconds
 # of work), and fits on a 1-CPU node that something else holds a share of.
@@ -71,11 +68,6 @@ def stage_pool(max_concurrency: int, actors: int) -> dict:
             max_tasks_in_flight_per_actor=tasks_per_actor + 1,
         ),
     }
-
-
-def read_concurrency() -> int:
-    """How many read tasks of a source run at once on this cluster (see CPUS_PER_READ)."""
-    return max(1, int(ray.cluster_resources().get("CPU", 1)) // CPUS_PER_READ)
 
 
 def plan_cpus(stage_actors: dict[str, int]) -> float:

@@ -28,7 +28,7 @@ import ray
 
 from backtrans.config import SourceConfig
 from backtrans.jsonl_datasource import ROW_ID_COLUMN, ROWS_PER_BLOCK, JsonlDatasource, records
-from backtrans.resources import IO_CPUS, map_blocks, read_concurrency
+from backtrans.resources import IO_CPUS, map_blocks
 from backtrans.schema import BacktransError
 
 HF_PREFIX = "hf://"
@@ -144,12 +144,14 @@ def resolve_files(source: SourceConfig) -> ResolvedFiles:
     return ResolvedFiles(paths, None, _format_of(paths, uri))
 
 
-def _read(files: ResolvedFiles, source: SourceConfig, metrics_actor: str | None = None) -> ray.data.Dataset:
+def _read(
+    files: ResolvedFiles, source: SourceConfig, metrics_actor: str | None = None, num_cpus: float = IO_CPUS
+) -> ray.data.Dataset:
     # One read task per listed file, on whichever nodes are free,
     # streaming small blocks: Ray's default adds a `SplitBlocks` step that keeps the rename from
     # fusing into the read, and each task is one more worker process to start on a small machine;
     # the LLM stages, not the read, set the pace.
-    tasks = {"num_cpus": IO_CPUS, "override_num_blocks": len(files.paths), "concurrency": read_concurrency()}
+    tasks = {"num_cpus": num_cpus, "override_num_blocks": len(files.paths)}
     if files.file_format == "parquet":
         rows = ray.data.read_parquet(files.paths, filesystem=files.filesystem, include_row_hash=True, **tasks)
     else:
@@ -193,16 +195,20 @@ def _rename_and_id(batch: pa.Table, mapping: dict[str, str]) -> pa.Table:
 
 
 def read_source(
-    source: SourceConfig, metrics_actor: str | None = None, files: ResolvedFiles | None = None
+    source: SourceConfig,
+    metrics_actor: str | None = None,
+    files: ResolvedFiles | None = None,
+    num_cpus: float = IO_CPUS,
 ) -> ray.data.Dataset:
     """The source as a lazy Dataset: read on the workers, `limit` applied by id, columns renamed,
     `row_id` added. JSONL lines skipped under `bad_lines: skip` are counted by `metrics_actor`.
-    `files`: the source already resolved (for the Hub, resolving is several requests)."""
+    `files`: the source already resolved (for the Hub, resolving is several requests). `num_cpus`:
+    each read task's; a map with the same CPUs after it runs in the same task (Ray fuses them)."""
     files = files or resolve_files(source)
-    dataset = _read(files, source, metrics_actor)
+    dataset = _read(files, source, metrics_actor, num_cpus)
     if source.limit is not None:
-        dataset = map_blocks(dataset, _keep_ids, _first_row_ids(files, source))
-    return map_blocks(dataset, _rename_and_id, source.rename)
+        dataset = map_blocks(dataset, _keep_ids, _first_row_ids(files, source), num_cpus=num_cpus)
+    return map_blocks(dataset, _rename_and_id, source.rename, num_cpus=num_cpus)
 
 
 def _first_file(files: ResolvedFiles) -> tuple[pafs.FileSystem, str]:

@@ -172,12 +172,15 @@ def test_losing_a_worker_node_half_way_exits_cleanly_with_every_row_once(cluster
 
 
 def test_the_segment_pass_runs_its_rules_on_every_node(cluster, s3, tmp_path, monkeypatch):
-    source = tmp_path / "corpus.jsonl"
-    source.write_text(SAMPLE.read_text(encoding="utf-8") * 10, encoding="utf-8")  # 2,200 documents
+    # The rules run in the read tasks, one per file: a corpus of 6 files, 1,320 documents.
+    source = tmp_path / "corpus"
+    source.mkdir()
+    for part in range(6):
+        (source / f"part-{part}.jsonl").write_text(SAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
     nodes_log = tmp_path / "nodes"
     monkeypatch.setattr(filter_pass, "RowRules", rules_logging_their_first(nodes_log, node=True))
     counts, _ = segment_pass(pass_config(f"s3://{S3_BUCKET}/{tmp_path.name}/out", source))
     ran_on = Counter(nodes_log.read_text().split())
     print(f"rules ran on {len(ran_on)} nodes: {sorted(ran_on.values())} documents")
-    assert sum(ran_on.values()) == counts["rows_in"] == 2_200 and counts["kept"] == 156
+    assert sum(ran_on.values()) == counts["rows_in"] == 1_320 and counts["kept"] == 156
     assert set(ran_on) == {node["NodeID"] for node in ray.nodes() if node["Alive"]}  # all 3

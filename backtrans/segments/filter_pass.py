@@ -71,8 +71,8 @@ def rule_rows(batch: pa.Table, rules: RowRules, config: SegmentsConfig) -> pa.Ta
 
 def _write_rule_rows(config: JobConfig, folder: OutputFolder, metrics_actor: str, files: ResolvedFiles) -> None:
     rules = RowRules.from_config(config.segments)
-    documents = read_source(config.source, metrics_actor, files)  # blocks of ~64 documents
-    rows = documents.map_batches(
+    documents = read_source(config.source, metrics_actor, files, num_cpus=RULES_CPUS)  # blocks of ~64 documents
+    rows = documents.map_batches(  # in the read's tasks: the same CPUs
         rule_rows,
         fn_kwargs={"rules": rules, "config": config.segments},
         batch_format="pyarrow",
