@@ -495,9 +495,9 @@ def _segments_line(run: dict) -> str:
     )
 
 
-def _per_cpu_s(run: dict) -> float:
-    """Documents per CPU-second of the run's process tree."""
-    return run["n"] / run["cpu_s"]
+def _per_cpu_s(run: dict) -> float | None:
+    """Documents per CPU-second of the run's process tree (None: its CPU was not measured)."""
+    return run["n"] / run["cpu_s"] if run.get("cpu_s") else None
 
 
 def _met(ok: bool) -> str:
@@ -584,12 +584,12 @@ def segments_section(results: dict, plot_name: str = "bench/segments.png") -> li
             host = run["host"]
             out.append(
                 f"| {system} | {run['docs_per_s']:,.0f} | {run['docs_per_s_per_core']:,.0f} "
-                f"| {_per_cpu_s(run):,.0f} | {ratio} "
-                f"| {run['wall_s']:.1f} | {run['cpu_s']:.1f} | {run['driver_peak_rss_mb']:,.0f} MB "
+                f"| {_f(_per_cpu_s(run), '{:,.0f}')} | {ratio} "
+                f"| {run['wall_s']:.1f} | {_f(run.get('cpu_s'))} | {run['driver_peak_rss_mb']:,.0f} MB "
                 f"| {run['largest_worker_peak_rss_mb']:,.0f} MB | {run['tree_peak_rss_mb']:,.0f} MB "
                 f"| {_mb(run.get('spilled_bytes'))} | {_mb(run.get('intermediate_bytes'))} "
-                f"| {host['load_avg_1m_before']} / {host['load_avg_1m_after']}, {host['other_cpu_s']} "
-                f"| {status} | {run.get('finished_at', '?')[:16]} |"
+                f"| {host.get('load_avg_1m_before', '-')} / {host.get('load_avg_1m_after', '-')}, "
+                f"{host.get('other_cpu_s', '-')} | {status} | {run.get('finished_at', '?')[:16]} |"
             )
         scored = {system: _segment_targets(run) for system, run in at_n.items() if run.get("quality")}
         if scored:
@@ -612,9 +612,11 @@ def _segments_details(at_n: dict) -> list[str]:
             stages = output.get("stage_s") or {}
             order = ("signatures", "buckets", "clusters", "filter")  # results.json sorts keys: the run's order
             spent = "stages " + ", ".join(f"{k} {stages[k]:.1f} s" for k in order if k in stages)
-        by_cpu = sorted(run["cpu_by_role"].items(), key=lambda kv: -kv[1])
-        roles = ", ".join(f"{role} {cpu:.1f}" for role, cpu in by_cpu[:6])
+        by_cpu = sorted(run.get("cpu_by_role", {}).items(), key=lambda kv: -kv[1])
+        roles = ", ".join(f"{role} {cpu:.1f}" for role, cpu in by_cpu[:6]) or "not measured"
         lines.append(f"- {system}: {spent}; CPU-s by process: {roles}")
+        if run.get("note"):
+            lines.append(f"- {system}: {run['note']}")
     return lines
 
 
