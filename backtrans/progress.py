@@ -261,11 +261,13 @@ def committed_rows(folder, checkpoint: str, rows_of: dict[str, int]) -> int:
     a committed file never changes, so a poll reads only the new ones."""
     import pyarrow.parquet as pq
 
+    rows = 0
     with contextlib.suppress(Exception):  # a nicety: an unreadable file is counted at the next poll
         for path in folder.committed_checkpoint_files(checkpoint):
             if path not in rows_of:
                 rows_of[path] = pq.ParquetFile(folder.open(path)).metadata.num_rows
-    return sum(rows_of.values())
+            rows += rows_of[path]
+    return rows
 
 
 # -------------------------------------------------------------------------------------------- the reporter
@@ -348,7 +350,7 @@ class _StagesLine:
 
 
 class _SegmentRulesLine:
-    """The segment pass's rules phase: documents committed to its checkpoint, of the source's."""
+    """The segment pass's rules phase: documents committed to its checkpoints, of the source's."""
 
     def __init__(self, source, folder, files, checkpoint: str):
         self.source, self.folder, self.files, self.checkpoint = source, folder, files, checkpoint
@@ -361,7 +363,9 @@ class _SegmentRulesLine:
         self.total = source_rows(self.source, self.files)
 
     def committed(self) -> int:
-        return committed_rows(self.folder, self.checkpoint, self.rows_of)
+        """Over every attempt's checkpoint folder (`filter_pass._attempt`)."""
+        attempts = self.folder.folders(self.checkpoint)
+        return sum(committed_rows(self.folder, attempt, self.rows_of) for attempt in attempts)
 
     def __call__(self, final: bool) -> str:
         done = self.committed()

@@ -117,7 +117,9 @@ def checkpointed_ids(output: Path | str, checkpoint: str = "checkpoint") -> set[
     """The row ids committed in a Ray Data checkpoint of an output (a local folder or a URI): the
     stages' (`checkpoint`) or the segment pass's (`segment_checkpoint`)."""
     folder = OutputFolder.at(str(output))
-    files = folder.committed_checkpoint_files(getattr(folder, checkpoint))
+    root = getattr(folder, checkpoint)
+    # The segment pass checkpoints each attempt in a folder of its own.
+    files = [path for where in [root, *folder.folders(root)] for path in folder.committed_checkpoint_files(where)]
     return {i for path in files for i in pq.read_table(path, filesystem=folder.filesystem).column(ROW_HASH).to_pylist()}
 
 

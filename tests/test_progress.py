@@ -135,7 +135,9 @@ def test_rows_total_counts_jsonl_lines_and_applies_the_limit(tmp_path):
 
 
 def _checkpoint_file(folder: OutputFolder, name: str, rows: int) -> None:
-    folder.filesystem.create_dir(folder.segment_checkpoint, recursive=True)
+    """A checkpoint file of `rows` ids in an attempt's folder, e.g. `attempt-0000/a.parquet`."""
+    attempt, _ = name.split("/")
+    folder.filesystem.create_dir(f"{folder.segment_checkpoint}/{attempt}", recursive=True)
     table = pa.table({"row_hash": pa.array(range(rows), pa.uint64())})
     pq.write_table(table, f"{folder.segment_checkpoint}/{name}", filesystem=folder.filesystem)
 
@@ -145,12 +147,12 @@ def test_the_segment_pass_line_counts_the_documents_committed_of_the_source(tmp_
     source.write_text("".join(json.dumps({"text": f"document {i}"}) + "\n" for i in range(10)))
     config = SourceConfig(uri=str(source))
     folder = OutputFolder.at(str(tmp_path / "out"))
-    _checkpoint_file(folder, "a.parquet", 4)  # an earlier run committed 4 documents
-    _checkpoint_file(folder, "b.pending.parquet", 3)  # not committed: its write was cut short
+    _checkpoint_file(folder, "attempt-0000/a.parquet", 4)  # an earlier run committed 4 documents
+    _checkpoint_file(folder, "attempt-0000/b.pending.parquet", 3)  # not committed: its write was cut short
     clock = iter([100.0, 110.0, 130.0])
     monkeypatch.setattr("backtrans.progress.time.monotonic", lambda: next(clock))
     line = _SegmentRulesLine(config, folder, resolve_files(config), folder.segment_checkpoint)
     line.count_source()
     assert line(final=False) == "backtrans: segments: rules on 4/10 documents, 0/s"
-    _checkpoint_file(folder, "c.parquet", 3)
+    _checkpoint_file(folder, "attempt-0001/c.parquet", 3)
     assert line(final=False) == "backtrans: segments: rules on 7/10 documents (70%), ETA 30s, 0/s"

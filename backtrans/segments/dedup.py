@@ -142,14 +142,19 @@ def duplicate_lookup(folder: OutputFolder) -> tuple[ray.ObjectRef]:
     return (_lookup.remote(folder),)
 
 
-def is_duplicate(row_ids: pa.ChunkedArray, lookup: tuple[ray.ObjectRef]) -> np.ndarray:
-    """Which of these rows lost to a duplicate (a mask), from the lookup of `duplicate_lookup`."""
-    ids, _ = ray.get(lookup[0])  # zero-copy from the node's object store
+def in_sorted(row_ids: pa.ChunkedArray, ids: np.ndarray) -> np.ndarray:
+    """Which of these row ids are in the sorted array `ids` (a mask)."""
     row_ids = row_ids.to_numpy().astype(np.uint64)
     if not len(ids):
         return np.zeros(len(row_ids), dtype=bool)
     at = np.minimum(np.searchsorted(ids, row_ids), len(ids) - 1)
     return ids[at] == row_ids
+
+
+def is_duplicate(row_ids: pa.ChunkedArray, lookup: tuple[ray.ObjectRef]) -> np.ndarray:
+    """Which of these rows lost to a duplicate (a mask), from the lookup of `duplicate_lookup`."""
+    ids, _ = ray.get(lookup[0])  # zero-copy from the node's object store
+    return in_sorted(row_ids, ids)
 
 
 @ray.remote(num_cpus=IO_CPUS)

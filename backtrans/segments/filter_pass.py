@@ -38,6 +38,7 @@ from backtrans.segments.dedup import (
     count_reasons,
     dedup_keys,
     duplicate_lookup,
+    in_sorted,
     is_duplicate,
     write_duplicates,
 )
@@ -51,9 +52,12 @@ def _dedup(config: SegmentsConfig) -> bool:
     return config.exact_dedup or config.near_dedup
 
 
-def rule_rows(batch: pa.Table, rules: RowRules, config: SegmentsConfig) -> pa.Table:
+def rule_rows(batch: pa.Table, rules: RowRules, config: SegmentsConfig, committed: tuple | None = None) -> pa.Table:
     """The rules phase on one batch: every row, with its `filter_code` and `dedup_keys` (none for a
-    row a rule removed, whose text becomes null: it is never read again)."""
+    row a rule removed, whose text becomes null: it is never read again). `committed`: the ids an
+    earlier attempt committed (`_committed_ids`), whose rows are dropped first."""
+    if committed is not None:
+        batch = batch.filter(pa.array(~in_sorted(batch[ROW_HASH], ray.get(committed[0]))))
     texts = texts_of(batch, config.text_column).to_pylist()
     codes = np.array([CODES[reason] if reason else 0 for reason in rules.reasons(texts)], np.uint8)
     removed = codes != 0
@@ -69,18 +73,51 @@ def rule_rows(batch: pa.Table, rules: RowRules, config: SegmentsConfig) -> pa.Ta
     return batch.append_column(CODE_COLUMN, pa.array(codes, pa.uint8())).append_column(KEYS_COLUMN, keys)
 
 
+@ray.remote(num_cpus=IO_CPUS)
+def _union(*sorted_ids: np.ndarray) -> np.ndarray:
+    return np.unique(np.concatenate(sorted_ids))
+
+
+def _committed_ids(folder: OutputFolder) -> tuple[ray.ObjectRef] | None:
+    """The row ids that earlier attempts of the rules phase committed, as one sorted array in the
+    object store (in a tuple: passed on unresolved), or None for a first attempt.
+
+    Each attempt checkpoints to a folder of its own (`_attempt`) because Ray Data, given a checkpoint
+    that holds ids, puts a filter actor after the read that takes a whole CPU: beside the read and the
+    rules (0.9 CPU each) a 2-core machine then has no CPU left for the rules, and a resumed 2,000,000
+    document pass made no progress for minutes. Ray's checkpoint manager (a DeveloperAPI) still
+    loads each earlier attempt's ids, and first removes the rows of its writes that were cut short.
+    """
+    from ray.data.checkpoint.checkpoint_filter import IdColumnCheckpointManager
+
+    context = ray.data.DataContext.get_current()
+    loaded = []
+    for attempt in folder.folders(folder.segment_checkpoint):
+        manager = IdColumnCheckpointManager(checkpoint_config=checkpoint_config(folder, attempt), data_context=context)
+        ids, _ = manager.load_checkpoint(folder.segment_rows, folder.filesystem)
+        if ids is not None:
+            loaded.append(ids)
+    return (_union.remote(*loaded),) if loaded else None
+
+
+def _attempt(folder: OutputFolder) -> str:
+    """This attempt's checkpoint folder: a new one after those of earlier attempts."""
+    return folder.path(".segments", "checkpoint", f"attempt-{len(folder.folders(folder.segment_checkpoint)):04d}")
+
+
 def _write_rule_rows(config: JobConfig, folder: OutputFolder, metrics_actor: str, files: ResolvedFiles) -> None:
     rules = RowRules.from_config(config.segments)
+    committed = _committed_ids(folder)
     documents = read_source(config.source, metrics_actor, files, num_cpus=RULES_CPUS)  # blocks of ~64 documents
     rows = documents.map_batches(  # in the read's tasks: the same CPUs
         rule_rows,
-        fn_kwargs={"rules": rules, "config": config.segments},
+        fn_kwargs={"rules": rules, "config": config.segments, "committed": committed},
         batch_format="pyarrow",
         batch_size=None,
         num_cpus=RULES_CPUS,
     )
     # Only this plan is checkpointed: it starts with the Read and ends with the Write, as Ray requires.
-    rows.context.checkpoint_config = checkpoint_config(folder, folder.segment_checkpoint)
+    rows.context.checkpoint_config = checkpoint_config(folder, _attempt(folder))
     write_parquet(rows, folder, folder.segment_rows, config.output.commit_rows, IO_CPUS)
 
 
