@@ -5,8 +5,9 @@ two phases that each leave their result in the output folder (a local folder or 
    written to `OutputFolder.segment_rows` with `filter_code` (0: it passed every rule, else the code
    of the rule that removed it, `dedup.CODES`) and `dedup_keys` (its content hash and LSH band keys).
    A removed row keeps its id and code but not its text. The write is checkpointed by Ray Data
-   (`segment_checkpoint`) in commits of `output.commit_rows` rows, so a killed phase runs the rules
-   again only on the rows it had not committed: the blocks in flight. `segment_rules_done` marks it done.
+   (a folder per attempt in `segment_checkpoint`) in commits of `output.commit_rows` rows, so a killed
+   phase runs the rules again only on the rows it had not committed: the blocks in flight.
+   `segment_rules_done` marks it done.
 2. **Dedup** (`dedup.write_duplicates`): a shuffle of the written rows' keys, with no rule run again;
    the rows that lose to a duplicate go to `segment_duplicates`. Dedup compares rows with each other, so
    it runs over the whole corpus: a duplicate of a row that a resumed run already paid for is still
@@ -102,7 +103,7 @@ def _committed_ids(folder: OutputFolder) -> tuple[ray.ObjectRef] | None:
 
 def _attempt(folder: OutputFolder) -> str:
     """This attempt's checkpoint folder: a new one after those of earlier attempts."""
-    return folder.path(".segments", "checkpoint", f"attempt-{len(folder.folders(folder.segment_checkpoint)):04d}")
+    return f"{folder.segment_checkpoint}/attempt-{len(folder.folders(folder.segment_checkpoint)):04d}"
 
 
 def _write_rule_rows(config: JobConfig, folder: OutputFolder, metrics_actor: str, files: ResolvedFiles) -> None:
