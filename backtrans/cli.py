@@ -108,6 +108,9 @@ def _run(config, ray_output, started: float | None) -> int:
         # the job starts (BENCHMARKS.md). For a dashboard, `ray start --head` and set RAY_ADDRESS; on an
         # existing cluster this argument is ignored. Workers' output stays in Ray's session logs:
         # stage failures reach the driver as exceptions and as `error` records.
+        from backtrans.resources import keep_idle_workers
+
+        keep_idle_workers()  # for a local Ray; a cluster's nodes set it where they start
         ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
         session_logs = progress.ray_logs_dir()
         where = f"{session_logs} (this run: {ray_output.log_path})" if session_logs else ray_output.log_path

@@ -208,6 +208,10 @@ class OutputFolder:
         """
         return self._dataset(directory).to_batches(columns=columns)
 
+    def read_columns(self, directory: str, columns: list[str]) -> pa.Table:
+        """A few columns of written Parquet shards, as one table (for a worker: narrow columns only)."""
+        return self._dataset(directory).to_table(columns=columns)
+
     def count_rows(self, directory: str) -> int:
         """Rows in written Parquet shards, from their footers."""
         return self._dataset(directory).count_rows()

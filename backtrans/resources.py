@@ -8,6 +8,7 @@ whole plan fits beside the checkpoint filter.
 
 import logging
 import math
+import os
 
 import ray
 from ray.data import ActorPoolStrategy
@@ -32,6 +33,25 @@ OTHER_OPERATORS_CPUS = 1 + 2 * IO_CPUS
 # the renames and the rules held their shares of 2 cores: at 2,000,000 documents nothing was
 # committed while the rules' output piled up in the object store.
 RULES_CPUS = 1 - IO_CPUS
+# Ray kills a worker process that has been idle for a second once its node has more workers than its
+# `num_workers_soft_limit`, by default its CPU count. These plans run tasks of IO_CPUS beside whole-CPU
+# work (the segment pass's writes beside its rules; the stages' reads and writes beside their actors),
+# so more tasks than CPUs: every short write task then started a new worker, 2-3 CPU-seconds of
+# imports, and on 2 cores that churn took the CPU that a second rules task would have used. The
+# limit is raised to as many IO_CPUS tasks as the CPUs hold. Ray reads it from this variable where
+# its raylet starts: `backtrans run`'s local Ray, or each node's `ray start` (cluster/README.md).
+WORKERS_SOFT_LIMIT_VARIABLE = "RAY_num_workers_soft_limit"
+
+
+def workers_soft_limit(cpus: int) -> int:
+    return math.ceil(cpus / IO_CPUS)
+
+
+def keep_idle_workers(environ=os.environ) -> None:
+    """Raise the worker soft limit of a Ray that this process starts (a value already set is kept)."""
+    environ.setdefault(WORKERS_SOFT_LIMIT_VARIABLE, str(workers_soft_limit(os.cpu_count() or 1)))
+
+
 # Compaction and the curated subsets run after the stages, when no actor holds a CPU: half a CPU
 # runs two tasks per core (a tenth would start up to ten worker processes per core for a few seconds
 # of work), and fits on a 1-CPU node that something else holds a share of.

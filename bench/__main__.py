@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--segments-system", action="append", choices=segments.SYSTEMS, help="only these systems (repeatable)"
     )
+    parser.add_argument(
+        "--segments-object-store-mb",
+        type=int,
+        help="also run backtrans at each segments N on an object store of this size (Ray's floor: 75)",
+    )
     parser.add_argument("--actors", type=int, default=None, help="stage actors (default: the config's default)")
     parser.add_argument("--budget-s", type=float, default=900.0, help="wall-clock budget for all runs")
     parser.add_argument(
@@ -118,6 +123,9 @@ def _plan(args) -> list[tuple]:
         for n in sorted(segments_n):  # both systems on one corpus, one after the other
             systems = args.segments_system or segments.SYSTEMS
             plan += [(f"segments/{system}/{n}", "segments", system, n, None, {}) for system in systems]
+            if args.segments_object_store_mb:
+                mb = args.segments_object_store_mb
+                plan.append((f"segments/backtrans-store{mb}mb/{n}", "segments", "backtrans", n, None, {"store_mb": mb}))
     plan.sort(key=lambda item: item[3] >= 100_000)  # the long runs go last
     if "profile" in regimes:
         plan.append(("profile/backtrans", "profile", "backtrans", min(overhead_n, 5_000), over_l, {}))
@@ -133,7 +141,9 @@ def _run_one(item, args, workdir: Path, deadline: float, results: dict) -> dict 
     if regime == "segments":
         corpus = segments.corpus_for(workdir, n)
         print(f"run  {key} (budget left {deadline - time.monotonic():.0f} s)", flush=True)
-        figures = segments.run(system, corpus, workdir / key.replace("/", "-"), timeout_s=deadline - time.monotonic())
+        run_dir = workdir / key.replace("/", "-")
+        timeout_s = deadline - time.monotonic()
+        figures = segments.run(system, corpus, run_dir, timeout_s=timeout_s, object_store_mb=extra.get("store_mb"))
         figures["invocation"] = results["environment"]["date"]  # the ratio is only taken within one invocation
         figures["key"] = key
         figures["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")

@@ -560,7 +560,8 @@ def segments_section(results: dict, plot_name: str = "bench/segments.png") -> li
              "near-duplicate recall >= 0.95 at Jaccard 0.8", "false positives <= 0.5% of distinct documents",
              "(no target) near copies removed at Jaccard 0.6, under the 0.8 threshold")  # fmt: skip
     for n in sorted({run["n"] for run in runs.values()}):
-        at_n = {run["system"]: run for run in runs.values() if run["n"] == n and "/partial" not in run["key"]}
+        of_n = [run for run in runs.values() if run["n"] == n and "/partial" not in run["key"]]
+        at_n = {run["system"]: run for run in of_n if not run.get("object_store_mb")}
         ours, theirs = at_n.get("backtrans"), at_n.get("datatrove")
         same = ours and theirs and ours.get("invocation") == theirs.get("invocation") and "ended" not in theirs
         out += [
@@ -598,7 +599,26 @@ def segments_section(results: dict, plot_name: str = "bench/segments.png") -> li
                 cells = " | ".join(f"{rows[i][0]} {rows[i][1]}".strip() for rows in scored.values())
                 out.append(f"| {name} | {cells} |")
         out += ["", *_segments_details(at_n)]
+        out += _small_store_lines([run for run in of_n if run.get("object_store_mb")])
     return out
+
+
+def _small_store_lines(runs: list[dict]) -> list[str]:
+    """backtrans on an object store smaller than the pass needs (`--segments-object-store-mb`):
+    what it spilled, and whether it still finished with the same result."""
+    lines = []
+    for run in runs:
+        store = (run.get("output") or {}).get("object_store") or {}
+        status = run.get("ended") or ("complete" if run.get("complete") else "INCOMPLETE")
+        kept = _f((run.get("quality") or {}).get("kept"), "{:,}")
+        lines.append(
+            f"- backtrans on a {run['object_store_mb']} MB object store: {run['wall_s']:.1f} s, "
+            f"spilled {_mb(store.get('spilled_bytes'))} in {store.get('spilled_objects', '-')} objects, "
+            f"restored {_mb(store.get('restored_bytes'))}, driver peak {run['driver_peak_rss_mb']:,.0f} MB, "
+            f"largest worker {run['largest_worker_peak_rss_mb']:,.0f} MB, {kept} kept; "
+            f"{status}"
+        )
+    return lines
 
 
 def _segments_details(at_n: dict) -> list[str]:
@@ -695,7 +715,11 @@ def plot_segments(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [r for r in (results.get("segments") or {}).values() if "ended" not in r and "/partial" not in r["key"]]
+    runs = [
+        r
+        for r in (results.get("segments") or {}).values()
+        if "ended" not in r and "/partial" not in r["key"] and not r.get("object_store_mb")
+    ]
     fig, (speed, memory) = plt.subplots(1, 2, figsize=(12, 4.5))
     for system, color in (("backtrans", "C0"), ("datatrove", "C1")):
         mine = sorted((r for r in runs if r["system"] == system), key=lambda r: r["n"])

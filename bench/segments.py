@@ -79,14 +79,16 @@ def _bytes_under(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
-def run(system: str, corpus: Corpus, workdir: Path, *, timeout_s: float) -> dict:
-    """One measured run of `system` on `corpus`: the monitor's figures, throughput, quality."""
+def run(system: str, corpus: Corpus, workdir: Path, *, timeout_s: float, object_store_mb: int | None = None) -> dict:
+    """One measured run of `system` on `corpus`: the monitor's figures, throughput, quality.
+    `object_store_mb`: backtrans on an object store of that size instead of Ray's default."""
     if workdir.exists():
         shutil.rmtree(workdir)  # a fresh output: the pass skips itself when it finds its own counts
     workdir.mkdir(parents=True)
     if system == "backtrans":
         config = write_job_config(workdir / "job.yaml", job_config(corpus.folder, workdir / "out"))
         argv = [sys.executable, "-m", "bench.segments_backtrans", str(config)]
+        argv += [] if object_store_mb is None else ["--object-store-mb", str(object_store_mb)]
         read_kept = partial(_backtrans_kept, workdir / "out")
     else:
         argv = [sys.executable, "-m", "bench.segments_datatrove", "--corpus", str(corpus.folder)]
@@ -94,6 +96,7 @@ def run(system: str, corpus: Corpus, workdir: Path, *, timeout_s: float) -> dict
         read_kept = partial(_datatrove_kept, workdir / "datatrove" / "output")
     figures = measured_process(argv, workdir, timeout_s=timeout_s)
     figures.update(regime="segments", system=system, n=corpus.n, files=corpus.files, seed=corpus.seed)
+    figures["object_store_mb"] = object_store_mb
     output = figures.get("output") or {}
     if system == "backtrans":
         cores = output.get("ray_cpus") or os.cpu_count()

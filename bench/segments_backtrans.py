@@ -1,6 +1,6 @@
 """backtrans in the `segments` regime: the web job's segment pass alone, as a fresh process.
 
-    python -m bench.segments_backtrans JOB.yaml
+    python -m bench.segments_backtrans JOB.yaml [--object-store-mb MB]
 
 Starts a local Ray as `backtrans run` does and runs only the pass the web job runs before any
 request (`write_segments`: length bounds, rules, exact and MinHash near dedup, the kept segments
@@ -10,11 +10,13 @@ ids from `segment_rows` after this process has exited, so that reading them is n
 
 Prints one JSON line: the pass's counts, its seconds, Ray's CPUs, and what Ray's object store
 spilled to disk over the session (the raylet's store stats, as Ray Data reads them for its own
-`Dataset.stats()`).
+`Dataset.stats()`). `--object-store-mb`: a smaller object store than Ray's default (30% of the
+memory), to show the pass spilling to disk rather than failing when the store fills.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -38,20 +40,25 @@ def object_store_stats() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    (config_path,) = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m bench.segments_backtrans")
+    parser.add_argument("config")
+    parser.add_argument("--object-store-mb", type=int, default=None)
+    args = parser.parse_args(argv)
     import ray
 
     from backtrans.config import load_config
     from backtrans.metrics import start_metrics
     from backtrans.output import OutputFolder
-    from backtrans.resources import configure_ray_data
+    from backtrans.resources import configure_ray_data, keep_idle_workers
     from backtrans.segments.filter_pass import write_segments
     from backtrans.sources import resolve_files
 
-    config = load_config(config_path)
+    config = load_config(args.config)
     # A local Ray of its own (as `backtrans run` starts without RAY_ADDRESS), never a cluster that
     # something else runs on this machine: the figures are of this pass alone.
-    ray.init(address="local", log_to_driver=False, include_dashboard=False)
+    store = None if args.object_store_mb is None else args.object_store_mb * 1024 * 1024
+    keep_idle_workers()  # as `backtrans run` does for its local Ray
+    ray.init(address="local", log_to_driver=False, include_dashboard=False, object_store_memory=store)
     configure_ray_data()
     folder = OutputFolder.at(config.output.path)
     metrics_name = f"bench-segments-metrics-{uuid.uuid4().hex[:8]}"

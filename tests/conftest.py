@@ -33,7 +33,10 @@ import pyarrow.fs as pafs  # noqa: E402
 import pytest  # noqa: E402
 import ray  # noqa: E402
 
+from backtrans.resources import keep_idle_workers  # noqa: E402
 from tests.helpers import S3_BUCKET, S3_SECRET  # noqa: E402
+
+keep_idle_workers()  # the tests' Rays (local, the test cluster's nodes, `ray start`) as `backtrans run`'s
 
 
 def _start_s3_server() -> tuple[subprocess.Popen, pafs.S3FileSystem]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import ray
 
 from backtrans.config import SegmentsConfig
@@ -115,16 +114,10 @@ def write_duplicates(folder: OutputFolder, config: SegmentsConfig) -> None:
     write_parquet(losers, folder, folder.segment_duplicates, 1_000_000, IO_CPUS, schema_if_empty=_LOSERS_SCHEMA)
 
 
-def _tables(folder: OutputFolder, directory: str, columns: list[str]) -> pa.Table:
-    return pads.dataset(folder.parquet_files(directory), format="parquet", filesystem=folder.filesystem).to_table(
-        columns=columns
-    )
-
-
 def _duplicates(folder: OutputFolder) -> tuple[np.ndarray, np.ndarray]:
     """The duplicates as one lookup: their sorted unique row ids and, for each, the smallest code
     (a row loses in several buckets; an exact duplicate whose bands collide too is counted as exact)."""
-    losers = _tables(folder, folder.segment_duplicates, [ROW_HASH, "code"])
+    losers = folder.read_columns(folder.segment_duplicates, [ROW_HASH, "code"])
     ids, codes = losers[ROW_HASH].to_numpy(), losers["code"].to_numpy()
     order = np.lexsort((codes, ids))
     ids, codes = ids[order], codes[order]
@@ -159,7 +152,7 @@ def is_duplicate(row_ids: pa.ChunkedArray, lookup: tuple[ray.ObjectRef]) -> np.n
 
 @ray.remote(num_cpus=IO_CPUS)
 def _reason_counts(folder: OutputFolder, dedup: bool) -> dict[str, int]:
-    codes = np.bincount(_tables(folder, folder.segment_rows, [CODE_COLUMN])[CODE_COLUMN].to_numpy(), minlength=1)
+    codes = np.bincount(folder.read_columns(folder.segment_rows, [CODE_COLUMN])[CODE_COLUMN].to_numpy(), minlength=1)
     counts = {reason: int(codes[code]) if code < len(codes) else 0 for reason, code in CODES.items()}
     if dedup:
         _, loser_codes = _duplicates(folder)

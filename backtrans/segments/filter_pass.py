@@ -119,6 +119,10 @@ def _write_rule_rows(config: JobConfig, folder: OutputFolder, metrics_actor: str
     )
     # Only this plan is checkpointed: it starts with the Read and ends with the Write, as Ray requires.
     rows.context.checkpoint_config = checkpoint_config(folder, _attempt(folder))
+    # Ray Data's per-operator reservation keeps a share of the CPUs for the write, which uses a tenth
+    # of one: on 2 cores only one rules task ran at a time. The write keeps up without it, and
+    # what it has not written yet waits in the object store, which spills to disk when full.
+    rows.context.op_resource_reservation_enabled = False
     write_parquet(rows, folder, folder.segment_rows, config.output.commit_rows, IO_CPUS)
 
 
