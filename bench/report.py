@@ -199,29 +199,31 @@ def targets(results: dict) -> list[tuple[str, str, str, str]]:
                 "",
             )
         )
-        c_max = max(max(r["in_flight"][k]["max"] for k in ("generate", "score")) for r in ours)
-        cap = ours[0]["concurrency"]
+        # each run against its own C: the regimes run at different C
+        peaks = [(max(r["in_flight"][k]["max"] for k in ("generate", "score")), r["concurrency"]) for r in ours]
+        peak, cap = max(peaks, key=lambda peak_cap: peak_cap[0] / peak_cap[1])
+        rows.append(
+            (
+                "in flight per stage never above C",
+                f"max {peak:,} with C={cap:,} (the highest share of its C of {len(peaks)} runs)",
+                "met" if all(p <= c for p, c in peaks) else "NOT met",
+                "",
+            )
+        )
         steady = [
-            r["in_flight"][k]["steady_median"]
+            (r["in_flight"][k]["steady_median"], r["concurrency"])
             for r in ours
             if r["regime"] == "saturation"
             for k in ("generate", "score")
             if r["in_flight"][k]["steady_median"] is not None
         ]
-        rows.append(
-            (
-                "in flight per stage never above C",
-                f"max {c_max} with C={cap}",
-                "met" if c_max <= cap else "NOT met",
-                "",
-            )
-        )
         if steady:
+            low, low_cap = min(steady, key=lambda median_cap: median_cap[0] / median_cap[1])
             rows.append(
                 (
                     "in flight per stage at C in steady state (saturation runs, sampled median)",
-                    f"{min(steady):g} to {max(steady):g} with C={cap}",
-                    "met" if min(steady) >= cap else "NOT met",
+                    f"lowest {low:g} with C={low_cap:,}",
+                    "met" if all(m >= c for m, c in steady) else "NOT met",
                     "",
                 )
             )

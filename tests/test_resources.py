@@ -27,3 +27,30 @@ def test_more_actors_than_the_cluster_has_cpus_for_is_refused_naming_the_key(tmp
             run_job(config)
         assert sim.stats()["total_requests"] == 0
     assert not (tmp_path / "out").exists()
+
+
+def test_short_tasks_beside_whole_cpu_tasks_reuse_their_workers(local_ray):
+    # Two tasks hold both CPUs while tiny ones run one after another, each after the last one's worker
+    # has been idle for longer than Ray's 1 s: with Ray's default soft limit (the CPU count), each
+    # tiny task would start a new worker process; the tests' Ray runs with `keep_idle_workers`, as
+    # `backtrans run`'s local Ray does.
+    import os
+    import time
+
+    import ray
+
+    @ray.remote(num_cpus=1 - IO_CPUS)
+    def hold(seconds: float) -> None:
+        time.sleep(seconds)
+
+    @ray.remote(num_cpus=IO_CPUS)
+    def worker_pid() -> int:
+        return os.getpid()
+
+    held = [hold.remote(12) for _ in range(2)]
+    pids = []
+    for _ in range(5):
+        pids.append(ray.get(worker_pid.remote()))
+        time.sleep(1.5)
+    ray.get(held)
+    assert len(set(pids)) == 1, pids
