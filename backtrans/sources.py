@@ -145,7 +145,11 @@ def resolve_files(source: SourceConfig) -> ResolvedFiles:
 
 
 def _read(
-    files: ResolvedFiles, source: SourceConfig, metrics_actor: str | None = None, num_cpus: float = IO_CPUS
+    files: ResolvedFiles,
+    source: SourceConfig,
+    metrics_actor: str | None = None,
+    num_cpus: float = IO_CPUS,
+    block_rows: int = ROWS_PER_BLOCK,
 ) -> ray.data.Dataset:
     # One read task per listed file, on whichever nodes are free,
     # streaming small blocks: Ray's default adds a `SplitBlocks` step that keeps the rename from
@@ -156,15 +160,20 @@ def _read(
         rows = ray.data.read_parquet(files.paths, filesystem=files.filesystem, include_row_hash=True, **tasks)
     else:
         jsonl = JsonlDatasource(
-            files.paths, filesystem=files.filesystem, bad_lines=source.bad_lines, metrics_actor=metrics_actor
+            files.paths,
+            filesystem=files.filesystem,
+            bad_lines=source.bad_lines,
+            metrics_actor=metrics_actor,
+            rows_per_block=block_rows,
         )
         rows = ray.data.read_datasource(jsonl, **tasks)
-    return in_small_blocks(rows)
+    return in_small_blocks(rows, block_rows)
 
 
-def in_small_blocks(dataset: ray.data.Dataset) -> ray.data.Dataset:
-    """The same plan, split into blocks of SOURCE_BLOCK_BYTES (the setting stays with this plan)."""
-    dataset.context.target_max_block_size = SOURCE_BLOCK_BYTES
+def in_small_blocks(dataset: ray.data.Dataset, rows: int = ROWS_PER_BLOCK) -> ray.data.Dataset:
+    """The same plan, split into blocks of about `rows` rows of web text: SOURCE_BLOCK_BYTES for each
+    ROWS_PER_BLOCK rows (the setting stays with this plan)."""
+    dataset.context.target_max_block_size = SOURCE_BLOCK_BYTES * rows // ROWS_PER_BLOCK
     return dataset
 
 
@@ -199,13 +208,15 @@ def read_source(
     metrics_actor: str | None = None,
     files: ResolvedFiles | None = None,
     num_cpus: float = IO_CPUS,
+    block_rows: int = ROWS_PER_BLOCK,
 ) -> ray.data.Dataset:
     """The source as a lazy Dataset: read on the workers, `limit` applied by id, columns renamed,
     `row_id` added. JSONL lines skipped under `bad_lines: skip` are counted by `metrics_actor`.
     `files`: the source already resolved (for the Hub, resolving is several requests). `num_cpus`:
-    each read task's; a map with the same CPUs after it runs in the same task (Ray fuses them)."""
+    each read task's; a map with the same CPUs after it runs in the same task (Ray fuses them).
+    `block_rows`: about how many rows a block holds (`in_small_blocks`)."""
     files = files or resolve_files(source)
-    dataset = _read(files, source, metrics_actor, num_cpus)
+    dataset = _read(files, source, metrics_actor, num_cpus, block_rows)
     if source.limit is not None:
         dataset = map_blocks(dataset, _keep_ids, _first_row_ids(files, source), num_cpus=num_cpus)
     return map_blocks(dataset, _rename_and_id, source.rename, num_cpus=num_cpus)

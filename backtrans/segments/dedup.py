@@ -19,7 +19,7 @@ import ray
 
 from backtrans.config import SegmentsConfig
 from backtrans.output import OutputFolder, write_parquet
-from backtrans.resources import IO_CPUS
+from backtrans.resources import IO_CPUS, SHUFFLE_BATCH_BYTES
 from backtrans.schema import ROW_HASH, ROW_ID_TYPE
 from backtrans.segments.minhash import band_keys, content_hash, lsh_params, minhash_signatures
 from backtrans.segments.rules import ROW_REASONS
@@ -106,6 +106,7 @@ def write_duplicates(folder: OutputFolder, config: SegmentsConfig) -> None:
     """The dedup phase: the losers of every bucket of the written rows, into `segment_duplicates`."""
     columns = [ROW_HASH, CODE_COLUMN, KEYS_COLUMN] + [config.keep_first_by] * (config.keep_first_by != ROW_HASH)
     rows = ray.data.read_parquet(folder.segment_rows, filesystem=folder.filesystem).select_columns(columns)
+    rows.context.shuffle_input_batch_bytes = SHUFFLE_BATCH_BYTES  # for this plan only
     losers = (
         rows.map_batches(_key_rows, fn_kwargs={"config": config}, batch_format="pyarrow")
         .groupby("shard", num_partitions=config.num_partitions)

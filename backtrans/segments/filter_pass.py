@@ -30,7 +30,7 @@ import ray
 from backtrans.config import JobConfig, SegmentsConfig
 from backtrans.output import OutputFolder, checkpoint_config, write_parquet
 from backtrans.progress import say, show_segment_progress
-from backtrans.resources import IO_CPUS, RULES_CPUS, map_blocks
+from backtrans.resources import IO_CPUS, RULES_BLOCK_ROWS, RULES_CPUS, map_blocks
 from backtrans.schema import GENERATION, ROW_HASH
 from backtrans.segments.dedup import (
     CODE_COLUMN,
@@ -109,7 +109,7 @@ def _attempt(folder: OutputFolder) -> str:
 def _write_rule_rows(config: JobConfig, folder: OutputFolder, metrics_actor: str, files: ResolvedFiles) -> None:
     rules = RowRules.from_config(config.segments)
     committed = _committed_ids(folder)
-    documents = read_source(config.source, metrics_actor, files, num_cpus=RULES_CPUS)  # blocks of ~64 documents
+    documents = read_source(config.source, metrics_actor, files, num_cpus=RULES_CPUS, block_rows=RULES_BLOCK_ROWS)
     rows = documents.map_batches(  # in the read's tasks: the same CPUs
         rule_rows,
         fn_kwargs={"rules": rules, "config": config.segments, "committed": committed},
