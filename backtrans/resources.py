@@ -33,15 +33,16 @@ OTHER_OPERATORS_CPUS = 1 + 2 * IO_CPUS
 # the renames and the rules held their shares of 2 cores: at 2,000,000 documents nothing was
 # committed while the rules' output piled up in the object store.
 RULES_CPUS = 1 - IO_CPUS
-# The segment pass reads blocks of about this many documents for its rules, not the stages' 64: Ray
-# Data's driver keeps each operator's stats of every block it has output, and with 64-document
-# blocks those grew the driver by 17 MB per million documents. The write commits blocks in bundles
-# of `output.commit_rows` (1,024 by default), so a killed pass still loses only the blocks in flight.
+# The segment pass reads blocks of about this many documents for its rules, not the stages' 64. Each
+# block has a fixed cost besides the rules: CPU in the driver and the workers, and the stats of every
+# block an operator has output, which Ray Data's driver keeps to the end, so its memory grew with the
+# corpus (bench/analysis.md, eighth session). The write commits blocks in bundles of
+# `output.commit_rows` (1,024 by default), so a killed pass still loses only the blocks in flight.
 RULES_BLOCK_ROWS = 1024
 # Ray Data's shuffle map task partitions its input in batches of up to this many bytes
-# (`DataContext.shuffle_input_batch_bytes`, 1 GiB by default): a task holds a few times its batch, so
-# at the default the dedup's largest worker grew with the corpus up to 4 GB at 2,000,000 documents.
-# The reduce side holds one partition each (`segments.num_partitions`).
+# (`DataContext.shuffle_input_batch_bytes`, 1 GiB by default) and holds a few times its batch: at the
+# default the dedup's largest worker grew with the corpus. The reduce side holds one partition each
+# (`segments.num_partitions`).
 SHUFFLE_BATCH_BYTES = 128 * 1024 * 1024
 # Ray kills a worker process that has been idle for a second once its node has more workers than its
 # `num_workers_soft_limit`, by default its CPU count. These plans run tasks of IO_CPUS beside whole-CPU
