@@ -20,9 +20,8 @@ from ray.data.datasource import FileBasedDatasource
 from backtrans.schema import BacktransError
 
 ROW_ID_COLUMN = "row_hash"
-# Rows are parsed and handed to Ray in tables of this many by default (`rows_per_block`), so a big
-# file streams. (Ray's read task merges them into blocks of up to the plan's target block size, see
-# sources.in_small_blocks.)
+# Rows are parsed and handed to Ray in tables of this many, so a big file streams. (Ray's read task
+# merges them into blocks of up to the plan's target block size, see sources.SOURCE_BLOCK_BYTES.)
 ROWS_PER_BLOCK = 64
 
 logger = logging.getLogger(__name__)
@@ -40,18 +39,9 @@ def row_id(path: str, line_number: int) -> int:
 class JsonlDatasource(FileBasedDatasource):
     _FILE_EXTENSIONS = ["jsonl", "json", "jsonl.gz", "json.gz"]
 
-    def __init__(
-        self,
-        paths,
-        *,
-        bad_lines: str = "fail",
-        metrics_actor: str | None = None,
-        rows_per_block: int = ROWS_PER_BLOCK,
-        **file_based_kwargs,
-    ):
+    def __init__(self, paths, *, bad_lines: str = "fail", metrics_actor: str | None = None, **file_based_kwargs):
         super().__init__(paths, **file_based_kwargs)
         self._bad_lines = bad_lines
-        self._rows_per_block = rows_per_block
         self._metrics_actor = metrics_actor  # the run's RunMetrics actor, told how many lines were skipped
 
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
@@ -61,7 +51,7 @@ class JsonlDatasource(FileBasedDatasource):
         for line_number, record in records(f, path, self._bad_lines, skipped):
             rows.append(record)
             ids.append(row_id(path, line_number))
-            if len(rows) == self._rows_per_block:
+            if len(rows) == ROWS_PER_BLOCK:
                 yield _block(rows, ids)
                 rows, ids = [], []
         if rows:

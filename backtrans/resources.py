@@ -33,11 +33,11 @@ OTHER_OPERATORS_CPUS = 1 + 2 * IO_CPUS
 # the renames and the rules held their shares of 2 cores: at 2,000,000 documents nothing was
 # committed while the rules' output piled up in the object store.
 RULES_CPUS = 1 - IO_CPUS
-# The segment pass reads blocks of about this many documents for its rules, not the stages' 64. Each
-# block has a fixed cost besides the rules: CPU in the driver and the workers, and the stats of every
-# block an operator has output, which Ray Data's driver keeps to the end, so its memory grew with the
-# corpus (bench/analysis.md, eighth session). The write commits blocks in bundles of
-# `output.commit_rows` (1,024 by default), so a killed pass still loses only the blocks in flight.
+# The segment pass's rules output blocks of this many documents, not the stages' blocks of about 64.
+# Each block has a fixed cost: CPU in the driver and the workers, and the stats of every block an
+# operator has output, which Ray Data's driver keeps to the end, so its memory grew with the corpus
+# (bench/analysis.md, eighth session). A block is one commit of the default `output.commit_rows`, so a
+# killed pass still loses only the blocks in flight.
 RULES_BLOCK_ROWS = 1024
 # Ray Data's shuffle map task partitions its input in batches of up to this many bytes
 # (`DataContext.shuffle_input_batch_bytes`, 1 GiB by default) and holds a few times its batch: at the
@@ -106,12 +106,13 @@ def plan_cpus(stage_actors: dict[str, int]) -> float:
     return sum(stage_actors.values()) * IO_CPUS + OTHER_OPERATORS_CPUS
 
 
-def repartition(dataset, rows_per_block: int):
-    """`repartition(target_num_rows_per_block=...)` as a task of IO_CPUS: it only moves blocks, yet Ray
-    gives it no num_cpus option and a whole CPU, which a 1-CPU node whose share the stage actors hold
-    never frees. Private API (the logical operator's `ray_remote_args`), checked against Ray 2.60."""
+def repartition(dataset, rows_per_block: int, num_cpus: float = IO_CPUS):
+    """`repartition(target_num_rows_per_block=...)` as a task of `num_cpus`: it only moves blocks, yet
+    Ray gives it no num_cpus option and a whole CPU, which a 1-CPU node whose share the stage actors
+    hold never frees. With the CPUs of the map before it, Ray fuses it into that map's tasks. Private
+    API (the logical operator's `ray_remote_args`), checked against Ray 2.60."""
     repartitioned = dataset.repartition(target_num_rows_per_block=rows_per_block)
-    repartitioned._logical_plan.dag.ray_remote_args["num_cpus"] = IO_CPUS
+    repartitioned._logical_plan.dag.ray_remote_args["num_cpus"] = num_cpus
     return repartitioned
 
 

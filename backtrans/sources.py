@@ -145,11 +145,7 @@ def resolve_files(source: SourceConfig) -> ResolvedFiles:
 
 
 def _read(
-    files: ResolvedFiles,
-    source: SourceConfig,
-    metrics_actor: str | None = None,
-    num_cpus: float = IO_CPUS,
-    block_rows: int = ROWS_PER_BLOCK,
+    files: ResolvedFiles, source: SourceConfig, metrics_actor: str | None = None, num_cpus: float = IO_CPUS
 ) -> ray.data.Dataset:
     # One read task per listed file, on whichever nodes are free,
     # streaming small blocks: Ray's default adds a `SplitBlocks` step that keeps the rename from
@@ -160,20 +156,15 @@ def _read(
         rows = ray.data.read_parquet(files.paths, filesystem=files.filesystem, include_row_hash=True, **tasks)
     else:
         jsonl = JsonlDatasource(
-            files.paths,
-            filesystem=files.filesystem,
-            bad_lines=source.bad_lines,
-            metrics_actor=metrics_actor,
-            rows_per_block=block_rows,
+            files.paths, filesystem=files.filesystem, bad_lines=source.bad_lines, metrics_actor=metrics_actor
         )
         rows = ray.data.read_datasource(jsonl, **tasks)
-    return in_small_blocks(rows, block_rows)
+    return in_small_blocks(rows)
 
 
-def in_small_blocks(dataset: ray.data.Dataset, rows: int = ROWS_PER_BLOCK) -> ray.data.Dataset:
-    """The same plan, split into blocks of about `rows` rows of web text: SOURCE_BLOCK_BYTES for each
-    ROWS_PER_BLOCK rows (the setting stays with this plan)."""
-    dataset.context.target_max_block_size = SOURCE_BLOCK_BYTES * rows // ROWS_PER_BLOCK
+def in_small_blocks(dataset: ray.data.Dataset) -> ray.data.Dataset:
+    """The same plan, split into blocks of SOURCE_BLOCK_BYTES (the setting stays with this plan)."""
+    dataset.context.target_max_block_size = SOURCE_BLOCK_BYTES
     return dataset
 
 
@@ -208,15 +199,13 @@ def read_source(
     metrics_actor: str | None = None,
     files: ResolvedFiles | None = None,
     num_cpus: float = IO_CPUS,
-    block_rows: int = ROWS_PER_BLOCK,
 ) -> ray.data.Dataset:
     """The source as a lazy Dataset: read on the workers, `limit` applied by id, columns renamed,
     `row_id` added. JSONL lines skipped under `bad_lines: skip` are counted by `metrics_actor`.
     `files`: the source already resolved (for the Hub, resolving is several requests). `num_cpus`:
-    each read task's; a map with the same CPUs after it runs in the same task (Ray fuses them).
-    `block_rows`: about how many rows a block holds (`in_small_blocks`)."""
+    each read task's; a map with the same CPUs after it runs in the same task (Ray fuses them)."""
     files = files or resolve_files(source)
-    dataset = _read(files, source, metrics_actor, num_cpus, block_rows)
+    dataset = _read(files, source, metrics_actor, num_cpus)
     if source.limit is not None:
         dataset = map_blocks(dataset, _keep_ids, _first_row_ids(files, source), num_cpus=num_cpus)
     return map_blocks(dataset, _rename_and_id, source.rename, num_cpus=num_cpus)

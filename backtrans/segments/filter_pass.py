@@ -30,7 +30,7 @@ import ray
 from backtrans.config import JobConfig, SegmentsConfig
 from backtrans.output import OutputFolder, checkpoint_config, write_parquet
 from backtrans.progress import say, show_segment_progress
-from backtrans.resources import IO_CPUS, RULES_BLOCK_ROWS, RULES_CPUS, map_blocks
+from backtrans.resources import IO_CPUS, RULES_BLOCK_ROWS, RULES_CPUS, map_blocks, repartition
 from backtrans.schema import GENERATION, ROW_HASH
 from backtrans.segments.dedup import (
     CODE_COLUMN,
@@ -109,7 +109,7 @@ def _attempt(folder: OutputFolder) -> str:
 def _write_rule_rows(config: JobConfig, folder: OutputFolder, metrics_actor: str, files: ResolvedFiles) -> None:
     rules = RowRules.from_config(config.segments)
     committed = _committed_ids(folder)
-    documents = read_source(config.source, metrics_actor, files, num_cpus=RULES_CPUS, block_rows=RULES_BLOCK_ROWS)
+    documents = read_source(config.source, metrics_actor, files, num_cpus=RULES_CPUS)
     rows = documents.map_batches(  # in the read's tasks: the same CPUs
         rule_rows,
         fn_kwargs={"rules": rules, "config": config.segments, "committed": committed},
@@ -117,6 +117,7 @@ def _write_rule_rows(config: JobConfig, folder: OutputFolder, metrics_actor: str
         batch_size=None,
         num_cpus=RULES_CPUS,
     )
+    rows = repartition(rows, RULES_BLOCK_ROWS, RULES_CPUS)  # in the same tasks too
     # Only this plan is checkpointed: it starts with the Read and ends with the Write, as Ray requires.
     rows.context.checkpoint_config = checkpoint_config(folder, _attempt(folder))
     # Ray Data's per-operator reservation keeps a share of the CPUs for the write, which uses a tenth

@@ -182,3 +182,16 @@ def test_a_pass_counts_rows_removed_by_a_rule_and_by_dedup_apart(tmp_path):
     by_rule = pc.sum(pc.greater(rows[CODE_COLUMN], 0)).as_py()
     assert by_rule == sum(counts["removed"][reason] for reason in REASONS[:-2])
     assert counts["removed"]["exact_duplicate"] == 12 and counts["removed"]["near_duplicate"] == 8
+
+
+def test_the_rules_write_blocks_of_1024_documents(tmp_path):
+    # Ray Data's driver keeps the stats of every block to the end of the pass: the stages' blocks of
+    # about 64 rows made its memory grow with the corpus (resources.RULES_BLOCK_ROWS).
+    source = tmp_path / "corpus.jsonl"
+    source.write_text(SAMPLE.read_text(encoding="utf-8") * 10, encoding="utf-8")  # 2,200 rows, one file
+    counts, folder = segment_pass(pass_config(tmp_path / "out", source))  # the default segments: and commit size
+    # The write commits bundles of at least `output.commit_rows` (1,024) rows, one shard each: with
+    # 1,024-row blocks a shard is one block. (With the read's blocks of 128 KiB: 111, 1,043 and 1,046.)
+    files = folder.parquet_files(folder.segment_rows)
+    assert sorted(pq.read_metadata(path, filesystem=folder.filesystem).num_rows for path in files) == [152, 1024, 1024]
+    assert counts["rows_in"] == 2200
