@@ -64,6 +64,13 @@ def _report(result) -> None:
     failures = {f"{stage}.{kind}": n for stage, kinds in summary.failures_this_run.items() for kind, n in kinds.items()}
     if failures:
         print("backtrans: row failures " + ", ".join(f"{k}: {v}" for k, v in failures.items()))
+    for name, stage in summary.stages.items():
+        if stage.actors_needed is not None:
+            per_request = 1000 * stage.cpu_s / max(1, stage.requests)
+            print(
+                f"backtrans: {name}'s {stage.actors} actor(s) were CPU-bound ({per_request:.1f} ms of CPU per "
+                f"request): {name}.actors: {stage.actors_needed} sends faster where the cluster has the cores"
+            )
     if summary.spend is not None:
         print(f"backtrans: spend {format_money(summary.spend)} (stage prices x the tokens the servers reported)")
     if summary.simulated:

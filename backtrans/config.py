@@ -92,9 +92,10 @@ class StageConfig(_Strict):
     max_retries: int = Field(6, ge=0)
     """retries of 408/409/429/5xx, timeouts, dropped connections and malformed bodies, with backoff and `Retry-After`"""
     actors: int | None = Field(None, ge=1)
-    """actors in the stage's pool (null: 1, whose one event loop holds thousands of requests in flight; at 2.6-3.9 ms of
-    CPU per request it serves 250-380 requests per second on one core: set more when `max_concurrency` / latency is
-    higher and the cluster has the cores); each takes 0.1 CPU and keeps its share of `max_concurrency` in flight"""
+    """actors in the stage's pool (null: from its CPU need, `max_concurrency` / 4 s (or `requests_per_minute`, if lower)
+    x 3 ms of CPU per request at 0.8 of a core each, at most the cluster's cores over its stages: 1 up to about 1,000 in
+    flight, 4 for 4,096; the run says when its actors were CPU-bound and how many to set); each takes 0.1 CPU and keeps
+    its share of `max_concurrency` in flight"""
     max_input_chars: int = Field(20_000, ge=1)
     """longer inputs fail the row without a request"""
     generation_kwargs: dict[str, Any] = Field(default_factory=dict)

@@ -29,9 +29,9 @@ from backtrans.plot import plot_scores
 from backtrans.progress import show_progress
 from backtrans.prompts import BACKWARD, INSTRUCTION, SEGMENT, SELF_CURATION, SELF_CURATION_JSON, load_template, render
 from backtrans.resources import (
-    DEFAULT_ACTORS,
     ROWS_PER_TASK,
     configure_ray_data,
+    default_actors,
     map_blocks,
     plan_cpus,
     repartition,
@@ -100,14 +100,21 @@ def _simulators(config: JobConfig):
         yield simulator.url
 
 
-def _actors(stage: StageConfig) -> int:
-    return min(stage.actors or DEFAULT_ACTORS, stage.max_concurrency)
+def _stage_actors(config: JobConfig) -> dict[str, int]:
+    """Each stage's actors: its `actors`, or as many as its CPU need asks for on this cluster."""
+    stages = config.llm_stages()
+    cluster = ray.cluster_resources().get("CPU", 0)
+    return {
+        name: min(stage.actors, stage.max_concurrency)
+        if stage.actors
+        else default_actors(stage.max_concurrency, stage.requests_per_minute, cluster, len(stages))
+        for name, stage in stages.items()
+    }
 
 
-def _check_fits(config: JobConfig) -> None:
+def _check_fits(actors: dict[str, int]) -> None:
     """Refuse, before any request, a plan that asks for more CPU than the cluster has: Ray Data
     would wait forever for the actors it cannot place (Ray issue #44687)."""
-    actors = {name: _actors(stage) for name, stage in config.llm_stages().items()}
     cluster = ray.cluster_resources().get("CPU", 0)
     if actors and plan_cpus(actors) > cluster:
         most = max(actors, key=actors.get)
@@ -117,11 +124,13 @@ def _check_fits(config: JobConfig) -> None:
         )
 
 
-def _stage_spec(name: str, stage: StageConfig, base_url: str | None, metrics_name: str, output_path: str) -> StageSpec:
+def _stage_spec(
+    name: str, stage: StageConfig, actors: int, base_url: str | None, metrics_name: str, output_path: str
+) -> StageSpec:
     api_key = backend_for(stage).api_key(stage, name)  # here: only the driver's environment is sure to have it
     return StageSpec(
         name=name,
-        config=stage.model_copy(update={"actors": _actors(stage)}),
+        config=stage.model_copy(update={"actors": actors}),
         base_url=base_url,
         template_path=_template_path(name, stage),
         metrics_actor=metrics_name,
@@ -297,7 +306,8 @@ def run_job(config: JobConfig, started: float | None = None) -> RunResult:
     spent_before = done.spent if done is not None else {}  # what earlier, unfinished runs spent
     budgeted = _budgets_left(config, spent_before)  # the stages' budgets; the summary keeps the user's config
     configure_ray_data()
-    _check_fits(config)
+    actors = _stage_actors(config)
+    _check_fits(actors)
     with _simulators(config) as simulator_url:
         base_urls = {}
         for name, stage in config.llm_stages().items():
@@ -320,7 +330,9 @@ def run_job(config: JobConfig, started: float | None = None) -> RunResult:
         dataset = repartition(dataset, ROWS_PER_TASK)
         for name, stage in budgeted.llm_stages().items():
             compact_cache(folder, name)  # before its actors start and load it
-            dataset = _add_stage(dataset, _stage_spec(name, stage, base_urls[name], metrics_name, config.output.path))
+            dataset = _add_stage(
+                dataset, _stage_spec(name, stage, actors[name], base_urls[name], metrics_name, config.output.path)
+            )
         try:
             with show_progress(config, metrics, folder, source_files):
                 write_rows(_as_pairs(dataset, config), folder, config.output, _kept_columns(config))

@@ -18,8 +18,8 @@ from backtrans.config import JobConfig, PriceConfig
 @dataclass
 class StageCounts:
     """What one stage did: rows it handled, requests sent (every attempt), retries among them,
-    tokens the server reported, failed rows by failure type, and replies taken from the reply
-    cache (no request sent, no token counted)."""
+    tokens the server reported, failed rows by failure type, replies taken from the reply cache (no
+    request sent, no token counted), and the CPU-seconds the stage's actor processes spent."""
 
     rows: int = 0
     requests: int = 0
@@ -28,6 +28,7 @@ class StageCounts:
     completion_tokens: int = 0
     failures: Counter = field(default_factory=Counter)
     cache_hits: int = 0
+    cpu_s: float = field(default=0.0, compare=False)  # a measurement, not a count: equal counts may differ in it
 
     def add(self, other: StageCounts) -> None:
         self.rows += other.rows
@@ -37,6 +38,7 @@ class StageCounts:
         self.completion_tokens += other.completion_tokens
         self.failures.update(other.failures)
         self.cache_hits += other.cache_hits
+        self.cpu_s += other.cpu_s
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class RunSnapshot:
     skipped_lines: int = 0  # JSONL lines skipped under `source.bad_lines: skip`
     stop: StopReason | None = None  # the first stop a stage recorded; None while the run goes on
     in_flight: dict[str, int] = field(default_factory=dict)  # requests in flight per stage, last reports
+    actors: dict[str, int] = field(default_factory=dict)  # actors per stage that reported
 
 
 def stage_prices(config: JobConfig) -> dict[str, PriceConfig]:
@@ -105,6 +108,7 @@ class RunMetrics:
             skipped_lines=len(self._skipped_lines),
             stop=self._stop,
             in_flight={stage: sum(actors.values()) for stage, actors in self._in_flight.items()},
+            actors={stage: len(actors) for stage, actors in self._in_flight.items()},
         )
 
 

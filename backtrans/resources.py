@@ -18,12 +18,17 @@ ROWS_PER_BATCH = 16
 ASYNC_BATCHES_PER_TASK = 4  # Ray Data's default for async batch UDFs
 # Rows per stage task: one task runs all its batches at once (the source reads blocks of this size).
 ROWS_PER_TASK = ROWS_PER_BATCH * ASYNC_BATCHES_PER_TASK
-# Actors per stage when `actors` is not set. An actor is one event loop that holds thousands of
-# requests in flight; it spends 2.6-3.9 ms of CPU per request (BENCHMARKS.md, api regime), so one
-# actor keeps up with 250-380 requests per second, i.e. 1,000-1,500 in flight at a 4 s latency.
-# Waiting requests cost memory, not CPU, so max_concurrency does not add actors; a stage that needs
-# more than a core sets `actors`.
-DEFAULT_ACTORS = 1
+# A stage actor is one event loop: it holds thousands of requests in flight, waiting requests cost
+# memory, not CPU, and its CPU bounds how many requests per second it sends. It spends 2.6-3.9 ms of
+# CPU per request (BENCHMARKS.md, api regime: the openai SDK's request path and Ray Data's batches).
+ACTOR_CPU_S_PER_REQUEST = 0.003
+# Past this share of its core an actor's loop reads its own replies late, and that counts as latency.
+ACTOR_BUSY_SHARE = 0.8
+# The reply time a stage's default actor count is planned for when no `requests_per_minute` bounds
+# its rate: a hosted chat model's median for a few hundred tokens (the api regime's). A faster server
+# makes the same `max_concurrency` send more per second; the run measures each actor's CPU, and says
+# when the next run should set more `actors` (`busy_actors`).
+PLANNED_LATENCY_S = 4.0
 # What the plan holds besides the stage actors: Ray's checkpoint filter actor (a whole CPU, not
 # configurable) and a read and a write task at a time.
 OTHER_OPERATORS_CPUS = 1 + 2 * IO_CPUS
@@ -99,6 +104,27 @@ def stage_pool(max_concurrency: int, actors: int) -> dict:
             max_tasks_in_flight_per_actor=tasks_per_actor + 1,
         ),
     }
+
+
+def default_actors(max_concurrency: int, requests_per_minute: int | None, cluster_cpus: float, stages: int) -> int:
+    """Actors for a stage that sets none, from its CPU need: the requests per second it may send
+    (`max_concurrency` / PLANNED_LATENCY_S, or its rate limit if lower) x CPU per request, at most
+    ACTOR_BUSY_SHARE of a core each, and no more actors than the cluster has cores for its stages
+    (a CPU-bound actor beyond them adds a process, not requests)."""
+    per_second = max_concurrency / PLANNED_LATENCY_S
+    if requests_per_minute is not None:
+        per_second = min(per_second, requests_per_minute / 60)
+    needed = math.ceil(per_second * ACTOR_CPU_S_PER_REQUEST / ACTOR_BUSY_SHARE)
+    cores = math.floor((cluster_cpus - OTHER_OPERATORS_CPUS) / stages)
+    return max(1, min(needed, cores, max_concurrency))
+
+
+def busy_actors(actors: int, cpu_s: float, seconds: float) -> int | None:
+    """The actors a stage should have had, when its `actors` spent more than ACTOR_BUSY_SHARE of a
+    core each over `seconds` (`cpu_s`: their CPU, measured); None when they had CPU to spare."""
+    if seconds <= 0 or cpu_s / (actors * seconds) <= ACTOR_BUSY_SHARE:
+        return None
+    return math.ceil(cpu_s / (seconds * ACTOR_BUSY_SHARE))
 
 
 def plan_cpus(stage_actors: dict[str, int]) -> float:

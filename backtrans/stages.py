@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -117,6 +118,7 @@ class LLMStage:
         self.actor_id = uuid.uuid4().hex
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop Ray Data runs this actor's batches on
         self._timers: list[asyncio.Task] = []
+        self._cpu_counted = time.process_time()  # this process's CPU already in a batch's counts
 
     def __del__(self):
         # Ray Data drops the stage when its pool shuts down: a last gauge, so the run's in-flight
@@ -204,6 +206,12 @@ class LLMStage:
     def _failure_row(self, failure: RowFailure) -> dict:
         return {**dict.fromkeys(self.outputs), **failure.keep}
 
+    def _count_cpu(self, counts: StageCounts) -> None:
+        # The process's CPU since the last batch that counted it (every thread: the event loop's and
+        # Ray's): batches run side by side, so a batch's own CPU cannot be told apart.
+        now = time.process_time()
+        counts.cpu_s, self._cpu_counted = now - self._cpu_counted, now
+
     async def __call__(self, batch: pa.Table) -> pa.Table:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
@@ -227,6 +235,7 @@ class LLMStage:
         stops = [result for result in results if isinstance(result, BaseException)]
         if stops:
             self.cache.flush()  # the replies paid for before the stop, before Ray Data ends this actor
+            self._count_cpu(counts)
             self.metrics.add(self.spec.name, counts)
             error = next((stop for stop in stops if isinstance(stop, BacktransError)), stops[0])
             if isinstance(error, BacktransError):  # BudgetExhausted, StageDown: the driver reads why
@@ -242,6 +251,7 @@ class LLMStage:
                 counts.failures[result.type] += 1
                 result = self._failure_row(result)
             rows.append(result or dict.fromkeys(self.outputs))
+        self._count_cpu(counts)
         self.metrics.add(self.spec.name, counts)
         for name in self.outputs:
             values = pa.array([row[name] for row in rows], type=schema.OUTPUT_TYPES[name])

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from backtrans.config import JobConfig, SubsetRule
 from backtrans.metrics import RunSnapshot, spend, stage_prices
 from backtrans.output import OutputFolder
+from backtrans.resources import busy_actors
 from backtrans.schema import SCORE, SCORE_EXPECTED
 
 # Why a pair has no score: the score stage's failure types under their own names, every failed
@@ -40,6 +41,9 @@ class StageSummary(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     cache_hits: int = 0  # replies taken from the output's reply cache instead of a request
+    actors: int | None = None  # the stage's actors that ran
+    cpu_s: float = 0.0  # the CPU-seconds its actor processes spent, measured in them
+    actors_needed: int | None = None  # more actors than it had, when its actors' CPU was the limit
 
 
 class CuratedSummary(BaseModel):
@@ -238,6 +242,11 @@ def build_summary(
                 prompt_tokens=counts.prompt_tokens,
                 completion_tokens=counts.completion_tokens,
                 cache_hits=counts.cache_hits,
+                actors=snapshot.actors.get(name),
+                cpu_s=round(counts.cpu_s, 2),
+                actors_needed=busy_actors(snapshot.actors[name], counts.cpu_s, phases.stages or 0)
+                if snapshot.actors.get(name)
+                else None,
             )
             for name, counts in snapshot.stages.items()
         },

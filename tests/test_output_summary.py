@@ -49,7 +49,8 @@ def test_the_folder_reads_and_writes_through_its_filesystem(tmp_path):
 
 def _summary(**fields) -> RunSummary:
     config = JobConfig.model_validate({"source": {"uri": "in.jsonl"}, "score": {"backend": "simulated", "model": "j"}})
-    snapshot = RunSnapshot(stages={"score": StageCounts(rows=3, requests=4, retries=1, prompt_tokens=30)})
+    counts = StageCounts(rows=3, requests=4, retries=1, prompt_tokens=30, cpu_s=0.123)
+    snapshot = RunSnapshot(stages={"score": counts}, actors={"score": 1})
     schema = pa.schema([("instruction", pa.string()), ("score", pa.int64())])
     contents = Contents(rows=3, scores={"1": 0, "2": 0, "3": 1, "4": 2, "5": 0, "null": 0}, columns=columns_of(schema))
     return build_summary(
@@ -78,6 +79,9 @@ def test_the_summary_keeps_its_keys_and_reads_back(tmp_path):
             "prompt_tokens": 30,
             "completion_tokens": 0,
             "cache_hits": 0,
+            "actors": 1,
+            "cpu_s": 0.12,
+            "actors_needed": None,
         }
     }
     assert on_disk["phases"] == {"startup": 1.5, "stages": None, "write_curate": None, "compaction": None, "push": None}
