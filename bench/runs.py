@@ -306,6 +306,7 @@ def _figures(system, n, latency_ms, concurrency, wall, monitor: RunMonitor, stat
         "request_window_s": round(window, 2) if window else None,
         "window_rows_per_s": round(n / window, 1) if window else None,
         "window_fraction_of_limit": round(n / window / limit, 3) if window else None,
+        "middle_fraction_of_limit": _middle_fraction(monitor, first, window, limit),
         "requests": requests,
         "by_outcome": {k: v for k, v in stats["by_outcome"].items() if v},
         "in_flight": in_flight,
@@ -354,6 +355,20 @@ def _steady(monitor: RunMonitor, kind: str, first, window, cap: int) -> tuple:
         statistics.median(values),
         round(sum(v >= cap for v in values) / len(values), 3),
     )
+
+
+def _middle_fraction(monitor: RunMonitor, first, window, limit: float) -> float | None:
+    """Requests per second per stage over the middle 80% of the request window, the part the
+    in-flight `steady` figures sample, as a fraction of C/L: the stages' rate once both run, without
+    the pipeline's fill (the second stage waits for the first one's replies) and drain."""
+    if not window:
+        return None
+    lo, hi = first + 0.1 * window, first + 0.9 * window
+    middle = [s for s in monitor.samples if lo <= s.t <= hi]
+    if len(middle) < 2 or middle[-1].t <= middle[0].t:
+        return None
+    per_stage = (middle[-1].requests - middle[0].requests) / (middle[-1].t - middle[0].t) / 2  # generate and score
+    return round(per_stage / limit, 3)
 
 
 def _timeline(monitor: RunMonitor, points: int = 400) -> list[list[float]]:
