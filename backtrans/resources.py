@@ -159,6 +159,11 @@ def configure_ray_data() -> None:
     context.enable_progress_bars = False
     context.enable_operator_progress_bars = False
     context.print_on_execution_start = False  # the plan of every execution, at INFO
+    # Ray Data starts a thread per map task that reads the process's memory every second, for its
+    # stats. A stage actor runs hundreds of tasks at once (`stage_pool`), so hundreds of such threads
+    # took the GIL from the event loop that sends the requests: at 4,096 in flight, 100,000 rows, the
+    # generate actor had 865 threads and stopped reading its replies until they timed out (BENCHMARKS.md).
+    context.memory_usage_poll_interval_s = None
     dataset_logger = logging.getLogger("ray.data.dataset")
     if not any(isinstance(f, _NoFalseCpuWarning) for f in dataset_logger.filters):
         dataset_logger.addFilter(_NoFalseCpuWarning())

@@ -8,6 +8,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from backtrans.resources import ROWS_PER_TASK
+from bench.pipeline_model import simulate
+
 REPO = Path(__file__).resolve().parent.parent
 ANALYSIS = REPO / "bench" / "analysis.md"
 
@@ -454,21 +457,27 @@ def _api(results: dict) -> list[str]:
         "The machine is shared with other work (**load** is the 1-minute load average before / after the run on",
         "2 cores; **other CPU** is CPU-seconds spent outside the run and the simulator): these figures are",
         "distorted by it. Every instruction is unique, so no request is answered from the reply cache: 2 x N",
-        "requests, unless a run says otherwise.",
+        "requests, unless a run says otherwise. **steady** is the request window (first request to last",
+        "request + L); **middle** the stages' rate over the middle 80% of that window, once both run. **model**",
+        "is `bench/pipeline_model.py`'s request window for the same C and N with no CPU cost: rows streamed",
+        "one by one (the best any design can do) / held by tasks of 64 rows, as the stages are.",
         "",
-        "| C per stage | N | of C/L (whole / steady) | processes | summed RSS MB | start-up s "
+        "| C per stage | N | of C/L (whole / steady / middle) | model: steady, streamed / tasks of 64 "
+        "| processes | summed RSS MB | start-up s "
         "| in flight generate: steady median / max | in flight score: steady median / max | requests "
         "| stage actors' CPU ms/request | load | other CPU s | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
+        streamed, by_task = (simulate(run["concurrency"], run["n"], rows)["window"] for rows in (1, ROWS_PER_TASK))
         gen, score = run["in_flight"]["generate"], run["in_flight"]["score"]
         status = run.get("ended") or ("ok" if run.get("complete") else "incomplete output")
         stage_cpu = sum(v for k, v in run["cpu_by_role"].items() if k.endswith("Stage))"))
         host = run["host"]
         lines.append(
             f"| {run['concurrency']:,} | {run['n']:,} | {run['fraction_of_limit']:.3f} / "
-            f"{_f(run['window_fraction_of_limit'], '{:.3f}')} | {run['processes']} | {run['tree_peak_rss_mb']:.0f} "
+            f"{_f(run['window_fraction_of_limit'], '{:.3f}')} / {_f(run.get('middle_fraction_of_limit'), '{:.3f}')} "
+            f"| {streamed:.3f} / {by_task:.3f} | {run['processes']} | {run['tree_peak_rss_mb']:.0f} "
             f"| {_f(run['startup_to_first_request_s'])} | {_f(gen['steady_median'], '{:g}')} / {gen['max']} "
             f"| {_f(score['steady_median'], '{:g}')} / {score['max']} | {run['requests']:,} "
             f"| {1000 * stage_cpu / max(run['requests'], 1):.1f} "
