@@ -86,8 +86,9 @@ def map_blocks(dataset, fn, *args, num_cpus: float = IO_CPUS):
 # real API's latencies are heavy-tailed (p99 about 3x the mean): a task whose other rows are done
 # still holds its place. With this many rows per slot waiting at the actor's Gate, the Gate
 # (`max_concurrency`), not the number of tasks, bounds what is in flight. Waiting rows cost memory
-# only, and nothing is paid for them until they are sent.
-ROWS_PER_SLOT = 8
+# only, and nothing is paid for them until they are sent. Eight held C in flight too, but the rows
+# then reached the next stage later (api regime, C=1,024: 0.71 of C/L against 0.77; bench/analysis.md).
+ROWS_PER_SLOT = 4
 
 
 def stage_pool(max_concurrency: int, actors: int) -> dict:

@@ -338,6 +338,8 @@ def memory_peaks(monitor: RunMonitor) -> dict:
         "largest_worker_peak_rss_mb": round(largest[1] / MB, 1),
         "largest_worker": largest[0],
         "tree_peak_rss_mb": round(max((s.rss_total for s in monitor.samples), default=0) / MB, 1),
+        # Where the summed RSS goes: each role's largest peak, over 50 MB.
+        "peak_rss_mb_by_role": {role: round(rss / MB) for role, rss in sorted(peaks.items()) if rss >= 50 * MB},
     }
 
 

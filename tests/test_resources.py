@@ -7,13 +7,13 @@ from backtrans.simulator import Simulator
 from tests.helpers import score_only_config, write_pairs_jsonl
 
 
-def test_an_actor_holds_eight_rows_per_request_slot_of_its_share():
-    # 4,096 in flight on one actor: 513 tasks of 64 rows side by side hold 32,832 rows, so that tasks
+def test_an_actor_holds_four_rows_per_request_slot_of_its_share():
+    # 4,096 in flight on one actor: 257 tasks of 64 rows side by side hold 16,448 rows, so that tasks
     # kept open by one slow row still leave 4,096 rows at the Gate.
     pool = stage_pool(4096, 1)["compute"]
-    assert (pool.max_concurrent_calls_per_actor, pool.max_tasks_in_flight_per_actor) == (513, 514)
+    assert (pool.max_concurrent_calls_per_actor, pool.max_tasks_in_flight_per_actor) == (257, 258)
     pool = stage_pool(1024, 2)["compute"]  # a share of 512 each
-    assert (pool.min_size, pool.max_size, pool.max_concurrent_calls_per_actor) == (2, 2, 65)
+    assert (pool.min_size, pool.max_size, pool.max_concurrent_calls_per_actor) == (2, 2, 33)
     assert plan_cpus({"generate": 1, "score": 1}) == pytest.approx(2 * IO_CPUS + OTHER_OPERATORS_CPUS)
 
 
