@@ -100,10 +100,10 @@ def _simulators(config: JobConfig):
         yield simulator.url
 
 
-def _stage_actors(config: JobConfig) -> dict[str, int]:
-    """Each stage's actors: its `actors`, or as many as its CPU need asks for on this cluster."""
+def _stage_actors(config: JobConfig, cluster: float) -> dict[str, int]:
+    """Each stage's actors: its `actors`, or as many as its CPU need asks for on a cluster of
+    `cluster` CPUs."""
     stages = config.llm_stages()
-    cluster = ray.cluster_resources().get("CPU", 0)
     return {
         name: min(stage.actors, stage.max_concurrency)
         if stage.actors
@@ -112,10 +112,9 @@ def _stage_actors(config: JobConfig) -> dict[str, int]:
     }
 
 
-def _check_fits(actors: dict[str, int]) -> None:
+def _check_fits(actors: dict[str, int], cluster: float) -> None:
     """Refuse, before any request, a plan that asks for more CPU than the cluster has: Ray Data
     would wait forever for the actors it cannot place (Ray issue #44687)."""
-    cluster = ray.cluster_resources().get("CPU", 0)
     if actors and plan_cpus(actors) > cluster:
         most = max(actors, key=actors.get)
         raise JobError(
@@ -306,8 +305,9 @@ def run_job(config: JobConfig, started: float | None = None) -> RunResult:
     spent_before = done.spent if done is not None else {}  # what earlier, unfinished runs spent
     budgeted = _budgets_left(config, spent_before)  # the stages' budgets; the summary keeps the user's config
     configure_ray_data()
-    actors = _stage_actors(config)
-    _check_fits(actors)
+    cluster = ray.cluster_resources().get("CPU", 0)
+    actors = _stage_actors(config, cluster)
+    _check_fits(actors, cluster)
     with _simulators(config) as simulator_url:
         base_urls = {}
         for name, stage in config.llm_stages().items():

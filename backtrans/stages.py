@@ -206,11 +206,12 @@ class LLMStage:
     def _failure_row(self, failure: RowFailure) -> dict:
         return {**dict.fromkeys(self.outputs), **failure.keep}
 
-    def _count_cpu(self, counts: StageCounts) -> None:
-        # The process's CPU since the last batch that counted it (every thread: the event loop's and
-        # Ray's): batches run side by side, so a batch's own CPU cannot be told apart.
+    def _send_counts(self, counts: StageCounts) -> None:
+        # With the process's CPU since the last batch that counted it (every thread: the event loop's
+        # and Ray's): batches run side by side, so a batch's own CPU cannot be told apart.
         now = time.process_time()
         counts.cpu_s, self._cpu_counted = now - self._cpu_counted, now
+        self.metrics.add(self.spec.name, counts)
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         if self._loop is None:
@@ -235,8 +236,7 @@ class LLMStage:
         stops = [result for result in results if isinstance(result, BaseException)]
         if stops:
             self.cache.flush()  # the replies paid for before the stop, before Ray Data ends this actor
-            self._count_cpu(counts)
-            self.metrics.add(self.spec.name, counts)
+            self._send_counts(counts)
             error = next((stop for stop in stops if isinstance(stop, BacktransError)), stops[0])
             if isinstance(error, BacktransError):  # BudgetExhausted, StageDown: the driver reads why
                 budget = getattr(error, "budget", None)
@@ -251,8 +251,7 @@ class LLMStage:
                 counts.failures[result.type] += 1
                 result = self._failure_row(result)
             rows.append(result or dict.fromkeys(self.outputs))
-        self._count_cpu(counts)
-        self.metrics.add(self.spec.name, counts)
+        self._send_counts(counts)
         for name in self.outputs:
             values = pa.array([row[name] for row in rows], type=schema.OUTPUT_TYPES[name])
             batch = _set_column(batch, name, values)

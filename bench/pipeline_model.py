@@ -33,8 +33,8 @@ def simulate(concurrency: int, n: int, task_rows: int, seed: int = 1) -> dict:
     mean_s = MEDIAN_S * math.exp(SIGMA**2 / 2)
     waiting = [deque() for _ in range(STAGES)]  # task ids of rows waiting for a slot, one per row
     in_flight = [0] * STAGES
+    rows_of: dict[int, int] = {}  # task id -> its rows
     rows_left: dict[int, int] = {}  # task id -> its rows not yet answered
-    stage_of: dict[int, int] = {}
     events: list[tuple[float, int, int, int]] = []  # (time, order, stage, task id)
     order = 0
     starts: list[float] = []
@@ -43,7 +43,7 @@ def simulate(concurrency: int, n: int, task_rows: int, seed: int = 1) -> dict:
     def start_task(stage: int, rows: int) -> None:
         nonlocal tasks
         tasks += 1
-        rows_left[tasks], stage_of[tasks] = rows, stage
+        rows_of[tasks] = rows_left[tasks] = rows
         waiting[stage].extend([tasks] * rows)
 
     def send(stage: int, now: float) -> None:
@@ -64,7 +64,7 @@ def simulate(concurrency: int, n: int, task_rows: int, seed: int = 1) -> dict:
         in_flight[stage] -= 1
         rows_left[task] -= 1
         if rows_left[task] == 0 and stage + 1 < STAGES:
-            start_task(stage + 1, task_rows)  # the task's rows go on together
+            start_task(stage + 1, rows_of[task])  # the task's rows go on together
             send(stage + 1, end)
         send(stage, end)
     limit = concurrency / mean_s

@@ -47,15 +47,36 @@ def test_the_folder_reads_and_writes_through_its_filesystem(tmp_path):
         folder.read_text(folder.summary)
 
 
-def _summary(**fields) -> RunSummary:
+def _summary(cpu_s: float = 0.123, stages_s: float | None = None, **fields) -> RunSummary:
     config = JobConfig.model_validate({"source": {"uri": "in.jsonl"}, "score": {"backend": "simulated", "model": "j"}})
-    counts = StageCounts(rows=3, requests=4, retries=1, prompt_tokens=30, cpu_s=0.123)
+    counts = StageCounts(rows=3, requests=4, retries=1, prompt_tokens=30, cpu_s=cpu_s)
     snapshot = RunSnapshot(stages={"score": counts}, actors={"score": 1})
     schema = pa.schema([("instruction", pa.string()), ("score", pa.int64())])
     contents = Contents(rows=3, scores={"1": 0, "2": 0, "3": 1, "4": 2, "5": 0, "null": 0}, columns=columns_of(schema))
     return build_summary(
-        config, contents, snapshot, state="fresh", simulated=True, started=0.0, phases=Phases(startup=1.5), **fields
+        config,
+        contents,
+        snapshot,
+        state="fresh",
+        simulated=True,
+        started=0.0,
+        phases=Phases(startup=1.5, stages=stages_s),
+        **fields,
     )
+
+
+def test_a_stage_whose_actor_was_cpu_bound_is_told_how_many_actors_to_set(capsys):
+    from types import SimpleNamespace
+
+    from backtrans.cli import _report
+
+    summary = _summary(cpu_s=90.0, stages_s=100.0, segments=None)  # 0.9 of a core over the stages
+    assert (summary.stages["score"].actors, summary.stages["score"].actors_needed) == (1, 2)
+    _report(SimpleNamespace(state="fresh", output_path="out", summary=summary))
+    assert "backtrans: score's 1 actor(s) were CPU-bound (22500.0 ms of CPU per request): score.actors: 2 " in (
+        capsys.readouterr().out
+    )
+    assert _summary(cpu_s=50.0, stages_s=100.0, segments=None).stages["score"].actors_needed is None
 
 
 def test_the_summary_keeps_its_keys_and_reads_back(tmp_path):
