@@ -9,6 +9,8 @@ writes its own small shards, each a whole object in one PUT (object stores canno
 loads every shard of its stage when it starts. A reply is written before more than `flush_rows`
 finished replies (the actor's share of `max_concurrency`) or `FLUSH_INTERVAL_S` wait in memory, so a
 kill loses at most the requests in flight plus as many finished ones: 2 x `max_concurrency` per stage.
+Once written, a reply of this run leaves the actor's memory and only its key stays: holding every
+reply would grow each actor by a reply's text per row (bench/analysis.md).
 
 The key is a hash over everything that makes the request what it is: the stage, the stage config
 less the keys that only pace or route requests (a new request option is in the key by default), the
@@ -112,6 +114,11 @@ def _reply_from_json(text: str) -> Reply:
     return Reply(**fields)
 
 
+def _read_reply(folder: OutputFolder, path: str, key: str) -> Reply:
+    table = pq.read_table(path, filesystem=folder.filesystem, filters=[(CACHE_KEY, "=", key)])
+    return _reply_from_json(table.column(CACHE_REPLY)[0].as_py())
+
+
 def _write(folder: OutputFolder, path: str, replies: dict[str, Reply]) -> None:
     table = pa.table({CACHE_KEY: list(replies), CACHE_REPLY: [_reply_to_json(reply) for reply in replies.values()]})
     sink = pa.BufferOutputStream()
@@ -126,8 +133,9 @@ class ReplyCache:
         self.folder = folder  # None: no cache (a stage built without an output, in tests)
         self.stage_name = stage_name
         self.flush_rows = max(1, flush_rows)
-        self.replies = load_replies(folder, stage_name) if folder is not None else {}
+        self.replies = load_replies(folder, stage_name) if folder is not None else {}  # earlier runs'
         self._pending: dict[str, Reply] = {}
+        self._written: dict[str, str] = {}  # this actor's written replies: key -> the shard that holds it
         self._flushed = time.monotonic()
         self._prefix = uuid.uuid4().hex
         self._key_prefix = request_prefix(stage_name, stage)
@@ -137,12 +145,14 @@ class ReplyCache:
         return _key(self._key_prefix, prompt, ask)
 
     def get(self, key: str) -> Reply | None:
-        return self.replies.get(key)
+        reply = self.replies.get(key) or self._pending.get(key)
+        if reply is None and key in self._written:  # a prompt asked again in this run: rare, one read
+            reply = _read_reply(self.folder, self._written[key], key)
+        return reply
 
     def put(self, key: str, reply: Reply) -> None:
         if self.folder is None:
             return
-        self.replies[key] = reply
         self._pending[key] = reply
         if len(self._pending) >= self.flush_rows:
             self.flush()
@@ -158,6 +168,7 @@ class ReplyCache:
         if not self._pending:
             return
         self._shards += 1
-        _write(self.folder, f"{stage_dir(self.folder, self.stage_name)}/{self._prefix}-{self._shards:06d}.parquet",
-               self._pending)  # fmt: skip
+        path = f"{stage_dir(self.folder, self.stage_name)}/{self._prefix}-{self._shards:06d}.parquet"
+        _write(self.folder, path, self._pending)
+        self._written.update(dict.fromkeys(self._pending, path))
         self._pending = {}

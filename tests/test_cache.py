@@ -3,6 +3,7 @@ pay-once rules of whole runs, counted in the simulator's request log."""
 
 import hashlib
 import json
+import tracemalloc
 
 import pytest
 
@@ -60,6 +61,22 @@ def test_replies_are_written_every_share_of_concurrency_and_load_in_a_new_actor(
     assert ReplyCache(folder, "score", _stage(), flush_rows=2).get(cache.key("p4")) == Reply("r4", 3, 4, "stop")
     compact(folder, "score")
     assert len(folder.parquet_files(stage_dir(folder, "score"))) == 1 and load_replies(folder, "score") == replies
+
+
+def test_an_actor_keeps_the_keys_not_the_text_of_the_replies_it_wrote(tmp_path):
+    folder = OutputFolder.at(str(tmp_path))
+    cache = ReplyCache(folder, "generate", _stage(), flush_rows=100)
+    text = "x" * 10_000
+    tracemalloc.start()
+    for i in range(2_000):  # 20 MB of reply text, written in 20 shards
+        cache.put(cache.key(f"p{i}"), Reply(f"{i} {text}", 3, 4, "stop"))
+    held_mb = tracemalloc.get_traced_memory()[0] / 2**20
+    tracemalloc.stop()
+    assert held_mb < 2, held_mb
+    # A prompt asked again in the same run is still answered from the cache: its shard is read.
+    assert cache.get(cache.key("p7")) == Reply(f"7 {text}", 3, 4, "stop")
+    assert cache.get(cache.key("p1999")) == Reply(f"1999 {text}", 3, 4, "stop")
+    assert cache.get(cache.key("p2000")) is None
 
 
 def _prompt(row: int) -> str:
