@@ -24,6 +24,10 @@ import psutil
 
 STARTUP_POLL_S = 0.02  # until the first request, to time start-up finely
 STEADY_POLL_S = 0.25
+# Summed RSS counts a page that N processes share N times (libraries, Ray's object store). PSS
+# divides each shared page among its processes, so summed it is the memory the run takes. Reading it
+# walks each process's page tables, so it is sampled this many times more rarely than RSS.
+PSS_EVERY_SAMPLES = 20
 
 
 def role_of(proc: psutil.Process, root_pid: int) -> str:
@@ -86,6 +90,10 @@ class RunMonitor:
     on_first_request: object | None = None  # callback(monitor) once requests flow
     driver_rss: int = 0
     driver_parts: tuple[int, int] = (0, 0)
+    # The sample with the largest summed RSS: when it was, and each role's RSS summed at that moment.
+    rss_peak_t: float | None = None
+    rss_peak_by_role: dict[str, int] = field(default_factory=dict)
+    pss_peak: int = 0  # the largest summed PSS, sampled every PSS_EVERY_SAMPLES samples
 
     def start(self) -> RunMonitor:
         self._thread = threading.Thread(target=self._loop, name="bench-monitor", daemon=True)
@@ -114,13 +122,17 @@ class RunMonitor:
             out.append(known)
         return out
 
-    def _sample_procs(self) -> int:
+    def _sample_procs(self, now: float) -> int:
         rss_total = 0
         self.driver_rss = 0
+        by_role: dict[str, int] = {}
+        pss_total = 0
+        with_pss = len(self.samples) % PSS_EVERY_SAMPLES == 0
         for proc in self._tree():
             try:
                 times = proc.cpu_times()
                 rss, hwm = _rss_and_peak(proc.pid)
+                pss_total += _pss(proc.pid) if with_pss else 0
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
                 continue
             info = self.procs.get(proc.pid)
@@ -135,11 +147,15 @@ class RunMonitor:
             info.cpu_s = times.user + times.system
             info.peak_rss = max(info.peak_rss, hwm)
             rss_total += rss
+            by_role[info.role] = by_role.get(info.role, 0) + rss
             if proc.pid == self.root_pid:
                 self.driver_rss = rss
                 with contextlib.suppress(OSError):
                     fields = proc_status(proc.pid)
                     self.driver_parts = (fields.get("RssAnon", 0), fields.get("RssShmem", 0))
+        if rss_total > sum(self.rss_peak_by_role.values()):
+            self.rss_peak_t, self.rss_peak_by_role = now, by_role
+        self.pss_peak = max(self.pss_peak, pss_total)
         return rss_total
 
     def _sample_simulator(self) -> tuple[dict[str, int], int]:
@@ -172,7 +188,7 @@ class RunMonitor:
                 time.sleep(STARTUP_POLL_S)
                 self.samples.append(Sample(now, self.cpu_total(), in_flight, requests, 0))
                 continue
-            rss_total = self._sample_procs()
+            rss_total = self._sample_procs(now)
             self.samples.append(
                 Sample(now, self.cpu_total(), in_flight, requests, rss_total, self.driver_rss, self.driver_parts)
             )
@@ -225,6 +241,15 @@ def _rss_and_peak(pid: int) -> tuple[int, int]:
     fields = proc_status(pid)
     rss = fields.get("VmRSS", 0)
     return rss, max(fields.get("VmHWM", 0), rss)
+
+
+def _pss(pid: int) -> int:
+    """The process's proportional set size in bytes (/proc/PID/smaps_rollup)."""
+    with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+        for line in f:
+            if line.startswith(b"Pss:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def proc_status(pid: int) -> dict[str, int]:

@@ -453,7 +453,9 @@ def _api(results: dict) -> list[str]:
         return []
     lines = [
         "C/L uses the mean latency (4.7 s for median 4 s, sigma 0.57). **summed RSS** is the peak over the",
-        "run of the RSS summed over every process of its tree (driver, Ray's daemons, every worker and actor).",
+        "run of the RSS summed over every process of its tree (driver, Ray's daemons, every worker and actor);",
+        "it counts a page that processes share once per process. **PSS** sums each process's proportional",
+        "share of its pages instead (sampled every 5 s): the memory the run takes.",
         "The machine is shared with other work (**load** is the 1-minute load average before / after the run on",
         "2 cores; **other CPU** is CPU-seconds spent outside the run and the simulator): these figures are",
         "distorted by it. Every instruction is unique, so no request is answered from the reply cache: 2 x N",
@@ -463,7 +465,7 @@ def _api(results: dict) -> list[str]:
         "one by one (the best any design can do) / held by tasks of 64 rows, as the stages are.",
         "",
         "| C per stage | N | of C/L (whole / steady / middle) | model: steady, streamed / tasks of 64 "
-        "| processes | summed RSS MB | start-up s "
+        "| processes | summed RSS MB (PSS) | start-up s "
         "| in flight generate: steady median / max | in flight score: steady median / max | requests "
         "| stage actors' CPU ms/request | load | other CPU s | status |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -478,6 +480,7 @@ def _api(results: dict) -> list[str]:
             f"| {run['concurrency']:,} | {run['n']:,} | {run['fraction_of_limit']:.3f} / "
             f"{_f(run['window_fraction_of_limit'], '{:.3f}')} / {_f(run.get('middle_fraction_of_limit'), '{:.3f}')} "
             f"| {streamed:.3f} / {by_task:.3f} | {run['processes']} | {run['tree_peak_rss_mb']:.0f} "
+            f"({_f(run.get('tree_peak_pss_mb'), '{:.0f}')}) "
             f"| {_f(run['startup_to_first_request_s'])} | {_f(gen['steady_median'], '{:g}')} / {gen['max']} "
             f"| {_f(score['steady_median'], '{:g}')} / {score['max']} | {run['requests']:,} "
             f"| {1000 * stage_cpu / max(run['requests'], 1):.1f} "

@@ -340,6 +340,10 @@ def memory_peaks(monitor: RunMonitor) -> dict:
         "tree_peak_rss_mb": round(max((s.rss_total for s in monitor.samples), default=0) / MB, 1),
         # Where the summed RSS goes: each role's largest peak, over 50 MB.
         "peak_rss_mb_by_role": {role: round(rss / MB) for role, rss in sorted(peaks.items()) if rss >= 50 * MB},
+        # What made up the summed peak: the moment, and every role's RSS then (a role's processes summed).
+        "tree_peak_rss_at_s": monitor.rss_peak_t,
+        "tree_peak_pss_mb": round(monitor.pss_peak / MB, 1),
+        "tree_peak_rss_mb_by_role": {role: round(rss / MB) for role, rss in sorted(monitor.rss_peak_by_role.items())},
     }
 
 
@@ -493,7 +497,7 @@ def _start_profilers(monitor: RunMonitor, profile: dict) -> threading.Thread:
 
     def run() -> None:
         time.sleep(profile.get("delay_s", 3))
-        monitor._sample_procs()
+        monitor._sample_procs(time.monotonic() - monitor.t0)
         targets = {
             pid: info.role
             for pid, info in monitor.procs.items()
