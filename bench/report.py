@@ -20,6 +20,9 @@ TARGETS = {
     "cpu_ms_per_request": 1.0,
     "memory_growth": 0.20,  # driver peak at N=100,000 over N=2,000
     "startup_s": 10.0,
+    "api_steady": 0.9,  # of C/L over the request window, every api run
+    "api_whole_n20000": 0.75,  # of C/L over the whole run, api runs at N=20,000
+    "api_memory_mb_c4096": 3000,  # summed over the run's processes, api runs at C=4,096
 }
 # The segments regime's dedup quality (bench/corpus.py's `quality`), for both systems.
 SEGMENT_TARGETS = {
@@ -192,6 +195,7 @@ def targets(results: dict) -> list[tuple[str, str, str, str]]:
                 "",
             )
         )
+    rows += _api_targets(results)
     ours = [r for r in results["runs"].values() if r["system"] == "backtrans" and r["startup_to_first_request_s"]]
     if ours:
         worst = max(r["startup_to_first_request_s"] for r in ours)
@@ -232,6 +236,65 @@ def targets(results: dict) -> list[tuple[str, str, str, str]]:
                     "",
                 )
             )
+    return rows
+
+
+def _api_targets(results: dict) -> list[tuple[str, str, str, str]]:
+    api = sorted(
+        (r for r in results["runs"].values() if r["regime"] == "api" and r["system"] == "backtrans"),
+        key=lambda r: (r["concurrency"], r["n"]),
+    )
+    if not api:
+        return []
+
+    def each(runs, figure) -> str:
+        return "; ".join(f"C={r['concurrency']:,} N={r['n']:,}: {figure(r)}" for r in runs)
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    rows = [
+        (
+            "api: steady >= 0.9 of C/L (request window)",
+            each(api, lambda r: _f(r["window_fraction_of_limit"], "{:.3f}")),
+            met(all((r["window_fraction_of_limit"] or 0) >= TARGETS["api_steady"] for r in api)),
+            "",
+        )
+    ]
+    small = [r for r in api if r["n"] == 20000]
+    if small:
+        rows.append(
+            (
+                "api, N=20,000: whole run >= 0.75 of C/L",
+                each(small, lambda r: f"{r['fraction_of_limit']:.3f}"),
+                met(all(r["fraction_of_limit"] >= TARGETS["api_whole_n20000"] for r in small)),
+                "",
+            )
+        )
+    wide = [r for r in api if r["concurrency"] == 4096 and r.get("tree_peak_rss_mb")]
+
+    def memory(run) -> str:
+        return f"RSS {run['tree_peak_rss_mb']:,.0f} MB (PSS {_f(run.get('tree_peak_pss_mb'), '{:,.0f}')})"
+
+    if wide:
+        # Summed RSS counts a page shared by several processes (Ray's libraries, the object store)
+        # once per process; summed PSS shares it out. The target is judged on RSS, PSS is beside it.
+        rows.append(
+            (
+                "api, C=4,096: summed memory of the run's processes <= 3 GB",
+                each(wide, memory),
+                met(all(r["tree_peak_rss_mb"] <= TARGETS["api_memory_mb_c4096"] for r in wide)),
+                "",
+            )
+        )
+    rows.append(
+        (
+            "api: never a hang",
+            f"{sum('ended' not in r for r in api)} of {len(api)} runs finished",
+            met(all("ended" not in r for r in api)),
+            "",
+        )
+    )
     return rows
 
 

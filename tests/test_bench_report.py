@@ -1,6 +1,6 @@
-"""BENCHMARKS.md's segments targets across N (bench/report.py), from literal runs: no Ray needed."""
+"""BENCHMARKS.md's targets (bench/report.py), from literal runs: no Ray needed."""
 
-from bench.report import _segment_scale_targets
+from bench.report import _api_targets, _segment_scale_targets
 
 
 def _run(system: str, n: int, invocation: str = "a", **figures) -> dict:
@@ -36,4 +36,38 @@ def test_runs_of_other_invocations_are_not_compared_and_a_store_that_never_fille
     )
     assert _segment_scale_targets(runs)[2:] == [
         "| the object store spills rather than fails | N=20,000 on 100 MB: spilled 0 MB, complete | NOT met |",
+    ]
+
+
+def _api(c: int, n: int, whole: float, steady: float, rss: float, pss: float | None, **figures) -> dict:
+    run = {"regime": "api", "system": "backtrans", "concurrency": c, "n": n, "fraction_of_limit": whole}
+    return run | {"window_fraction_of_limit": steady, "tree_peak_rss_mb": rss, "tree_peak_pss_mb": pss} | figures
+
+
+def test_the_api_targets_are_judged_on_every_api_run_and_memory_on_summed_rss():
+    runs = {
+        "api/backtrans-c1024/20000": _api(1024, 20_000, 0.76, 0.91, 2500.0, 1600.0),
+        "api/backtrans-c4096/20000": _api(4096, 20_000, 0.74, 0.95, 2900.0, 2000.0),
+        "api/backtrans-c4096/100000": _api(4096, 100_000, 0.9, 0.92, 3400.0, 2400.0, ended="stalled"),
+    }
+    assert _api_targets({"runs": runs}) == [
+        (
+            "api: steady >= 0.9 of C/L (request window)",
+            "C=1,024 N=20,000: 0.910; C=4,096 N=20,000: 0.950; C=4,096 N=100,000: 0.920",
+            "met",
+            "",
+        ),
+        (
+            "api, N=20,000: whole run >= 0.75 of C/L",
+            "C=1,024 N=20,000: 0.760; C=4,096 N=20,000: 0.740",
+            "NOT met",
+            "",
+        ),
+        (
+            "api, C=4,096: summed memory of the run's processes <= 3 GB",
+            "C=4,096 N=20,000: RSS 2,900 MB (PSS 2,000); C=4,096 N=100,000: RSS 3,400 MB (PSS 2,400)",
+            "NOT met",
+            "",
+        ),
+        ("api: never a hang", "2 of 3 runs finished", "NOT met", ""),
     ]
